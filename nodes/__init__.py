@@ -1,0 +1,1 @@
+"""borealdb server side: storage nodes, the volume client, instances, routers and the local launcher."""

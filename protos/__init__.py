@@ -1,0 +1,1 @@
+"""Wire protocol of borealdb: .proto sources and their generated stubs (see generate.py)."""
