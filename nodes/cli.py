@@ -1,0 +1,488 @@
+"""The `boreal` command: run nodes, start and stop a local cluster, inspect it, benchmark.
+
+    boreal up [--data DIR] [--base-port 7101] [--detach]   start 6 storage nodes (2 per AZ a/b/c)
+    boreal status [--data DIR] [--json]                    nodes, segments, PGCL, VDL hint
+    boreal down [--data DIR]                               stop what `up` started
+    boreal storage-node --id ID --az AZ --listen H:P --data DIR   run one storage node
+    boreal bench volume [...]                              volume benchmark
+
+Exit codes: 0 success, 1 failure (the message says why), 2 bad arguments,
+130 interrupted. `boreal status` exits 1 when any node is down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Sequence
+
+DEFAULT_DATA = "./boreal-data"
+PROG = "boreal"
+SERVER_MODULE_ENV = "BOREAL_STORAGE_SERVER_MODULE"
+
+
+class CliError(Exception):
+    """An error reported as `boreal: error: ...` with exit code 1 and no traceback."""
+
+
+# ---- argument parsing ----------------------------------------------------------
+
+
+def _listen_address(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 127.0.0.1:7101), got {value!r}")
+    return value
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 65535 - 200:
+        raise argparse.ArgumentTypeError(f"expected a port number between 1 and {65535 - 200}, got {value!r}")
+    return int(value)
+
+
+def _positive_float(value: str) -> float:
+    try:
+        f = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not f > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
+    return f
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="borealdb: an Aurora-style database cluster. Storage nodes hold a volume "
+        "replicated 6 ways over 3 availability zones (write quorum 4/6, read quorum 3/6).",
+        epilog="Run `boreal COMMAND --help` for the options of a command.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+
+    p = sub.add_parser(
+        "up",
+        help="start a local cluster: 6 storage nodes, 2 in each of AZs a, b, c",
+        description="Start a local cluster of 6 storage nodes (s-a1, s-a2, s-b1, s-b2, s-c1, s-c2; "
+        "2 per AZ) as processes on 127.0.0.1. Node i listens on BASE_PORT+i (gRPC) and "
+        "BASE_PORT+100+i (Prometheus /metrics). Without --detach it stays in the foreground "
+        "and stops every node on Ctrl-C or SIGTERM; with --detach it returns once every node "
+        "is ready and `boreal down` stops them.",
+    )
+    p.add_argument("--data", default=DEFAULT_DATA, metavar="DIR",
+                   help=f"cluster directory: one sub-directory per node and cluster.json (default: {DEFAULT_DATA})")
+    p.add_argument("--base-port", type=_port, default=7101, metavar="PORT",
+                   help="first gRPC port; nodes use PORT..PORT+5, metrics PORT+100..PORT+105 (default: 7101)")
+    p.add_argument("--detach", action="store_true", help="return once all nodes are ready; they keep running")
+    p.add_argument("--timeout", type=_positive_float, default=60.0, metavar="SECONDS",
+                   help="how long to wait for the nodes to become ready (default: 60)")
+
+    p = sub.add_parser(
+        "down",
+        help="stop the cluster that `boreal up` started",
+        description="Stop the nodes recorded in DIR/cluster.json: SIGTERM, wait up to --grace "
+        "seconds, then SIGKILL. Says what it stopped; does nothing if nothing runs.",
+    )
+    p.add_argument("--data", default=DEFAULT_DATA, metavar="DIR", help=f"cluster directory (default: {DEFAULT_DATA})")
+    p.add_argument("--grace", type=_positive_float, default=10.0, metavar="SECONDS",
+                   help="seconds between SIGTERM and SIGKILL (default: 10)")
+
+    p = sub.add_parser(
+        "status",
+        help="show nodes (up/down, uptime) and, per volume and PG, each segment's SCL, the PGCL, epoch and VDL hint",
+        description="Ask every node of the cluster in DIR for its NodeStatus and show: each node's "
+        "AZ, address, up/down and uptime; and for every volume and protection group, each "
+        "segment's SCL by node, the PGCL (the 4th highest SCL of the 6 segments: the highest "
+        "LSN a write quorum holds), the epoch and the VDL hint (highest VDL any segment was "
+        "told). Exits 1 if any node is down.",
+    )
+    p.add_argument("--data", default=DEFAULT_DATA, metavar="DIR", help=f"cluster directory (default: {DEFAULT_DATA})")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    p.add_argument("--timeout", type=_positive_float, default=1.0, metavar="SECONDS",
+                   help="per-node RPC timeout (default: 1)")
+
+    p = sub.add_parser(
+        "storage-node",
+        help="run one storage node in the foreground (what `boreal up` starts 6 of)",
+        description="Run one storage node until SIGTERM or SIGINT. It serves the StorageNode gRPC "
+        "service (protos/storage.proto) on --listen and keeps its segments in --data.",
+    )
+    p.add_argument("--id", required=True, dest="node_id", metavar="ID", help="node id, e.g. s-a1")
+    p.add_argument("--az", required=True, metavar="AZ", help="availability zone, e.g. a")
+    p.add_argument("--listen", required=True, type=_listen_address, metavar="HOST:PORT", help="gRPC address, e.g. 127.0.0.1:7101")
+    p.add_argument("--data", required=True, metavar="DIR", help="data directory (created if missing)")
+    p.add_argument("--metrics-listen", type=_listen_address, metavar="HOST:PORT",
+                   help="serve Prometheus /metrics here (default: no metrics endpoint)")
+    p.add_argument("--gossip-interval-s", type=_positive_float, metavar="SECONDS",
+                   help="how often segments gossip with their peers to fill gaps (default: the node's)")
+    p.add_argument("--scrub-interval-s", type=_positive_float, metavar="SECONDS",
+                   help="how often stored records are re-verified against their checksums (default: the node's)")
+    p.add_argument("--retention-s", type=_positive_float, metavar="SECONDS",
+                   help="how long old page versions are kept for readers (default: the node's)")
+
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks: `boreal bench volume --help`",
+        description="Benchmarks. `boreal bench volume [ARGS...]` runs the volume benchmark "
+        "(borealdb.nodes.volume.bench); see `boreal bench volume --help` for its options.",
+    )
+    p.add_argument("target", choices=["volume"], help="what to benchmark")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the benchmark")
+    return parser
+
+
+# ---- storage-node ----------------------------------------------------------------
+
+
+def _exit_with_parent() -> None:
+    """If the launcher passed a pipe, terminate (SIGTERM to self) when it closes: the launcher died."""
+    from borealdb.nodes.cluster.local import PARENT_PIPE_ENV
+
+    fd_text = os.environ.pop(PARENT_PIPE_ENV, None)
+    if not fd_text:
+        return
+    fd = int(fd_text)
+
+    def watch() -> None:
+        # Leave SIGTERM/SIGINT to the threads of the server (it may sigwait() for them).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        try:
+            while os.read(fd, 1):
+                pass
+        except OSError:
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _storage_options(args: argparse.Namespace) -> Any:
+    wanted = {
+        "gossip_interval_s": args.gossip_interval_s,
+        "scrub_interval_s": args.scrub_interval_s,
+        "retention_s": args.retention_s,
+    }
+    wanted = {k: v for k, v in wanted.items() if v is not None}
+    try:
+        from borealdb.nodes.storage.engine import StorageOptions
+    except ImportError:
+        if wanted:
+            raise CliError("this build's storage node takes no options (borealdb.nodes.storage.engine.StorageOptions is missing)") from None
+        return None
+    import dataclasses
+    import inspect
+
+    if dataclasses.is_dataclass(StorageOptions):
+        known = {f.name for f in dataclasses.fields(StorageOptions)}
+    else:
+        known = set(inspect.signature(StorageOptions).parameters)
+    unknown = sorted(set(wanted) - known)
+    if unknown:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise CliError(f"this storage node does not support {flags}")
+    return StorageOptions(**wanted)
+
+
+def cmd_storage_node(args: argparse.Namespace) -> int:
+    data = Path(args.data)
+    if data.exists() and not data.is_dir():
+        raise CliError(f"--data {data}: exists and is not a directory")
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"--data {data}: cannot create: {e.strerror}") from None
+    _exit_with_parent()
+    import importlib
+
+    # Tests of the launcher substitute a stand-in server module with the same serve().
+    module_name = os.environ.get(SERVER_MODULE_ENV) or "borealdb.nodes.storage.server"
+    try:
+        serve = importlib.import_module(module_name).serve
+    except ModuleNotFoundError as e:
+        if e.name in (module_name, "borealdb.nodes.storage"):
+            raise CliError(f"the storage node is not part of this build ({module_name} is missing)") from None
+        raise
+    options = _storage_options(args)
+    serve(args.node_id, args.az, args.listen, str(data), metrics_listen=args.metrics_listen, options=options)
+    return 0
+
+
+# ---- up / down -------------------------------------------------------------------
+
+
+def _print_nodes(cluster: Any) -> None:
+    rows = [["NODE", "AZ", "ADDRESS", "METRICS", "PID", "LOG"]]
+    for n in cluster.nodes:
+        rows.append([n.node_id, n.az, n.address, n.metrics_address or "-", str(n.pid or "-"), str(n.log_path)])
+    print(_table(rows))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from borealdb.nodes.cluster.local import DEFAULT_TOPOLOGY, METRICS_PORT_OFFSET, ClusterError, LocalCluster, port_is_free
+
+    data = Path(args.data)
+    if data.exists() and not data.is_dir():
+        raise CliError(f"--data {data}: exists and is not a directory")
+    cluster = LocalCluster(data, base_port=args.base_port, exit_with_parent=not args.detach)
+    try:
+        cluster.check_not_running()
+    except ClusterError as e:
+        raise CliError(str(e)) from None
+    n = len(DEFAULT_TOPOLOGY)
+    busy = [p for i in range(n) for p in (args.base_port + i, args.base_port + METRICS_PORT_OFFSET + i) if not port_is_free(p)]
+    if busy:
+        raise CliError(f"port(s) {', '.join(map(str, sorted(busy)))} on 127.0.0.1 already in use; choose another --base-port")
+
+    stop = threading.Event()
+    if not args.detach:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    print(f"starting {n} storage nodes in {cluster.base_dir} ...", flush=True)
+    try:
+        cluster.start(timeout_s=args.timeout)
+    except ClusterError as e:
+        raise CliError(f"cluster did not start:\n{e}") from None
+    _print_nodes(cluster)
+    if args.detach:
+        cluster.detach()
+        print(f"\nall {n} nodes are ready. Status: boreal status --data {args.data}   Stop: boreal down --data {args.data}")
+        return 0
+
+    print(f"\nall {n} nodes are ready. Press Ctrl-C to stop them (or run: boreal down --data {args.data}).", flush=True)
+    reported: set[str] = set()
+    try:
+        while not stop.wait(0.5):
+            for node in cluster.nodes:
+                if node.node_id not in reported and not node.is_running:
+                    reported.add(node.node_id)
+                    print(f"node {node.node_id} exited (code {node.returncode}); log: {node.log_path}", flush=True)
+            if len(reported) == len(cluster.nodes):
+                print("every node has exited", flush=True)
+                break
+    finally:
+        print("stopping ...", flush=True)
+        codes = cluster.stop_all()
+        stopped = [k for k, v in codes.items() if v is not None]
+        print(f"stopped {len(stopped)} node(s): {', '.join(stopped) or '-'}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from borealdb.nodes.cluster.local import ClusterError, ClusterStateMissing, stop_cluster
+
+    data = Path(args.data)
+    if not data.is_dir():
+        raise CliError(f"no data directory {data}: nothing to stop (was the cluster started with another --data?)")
+    try:
+        results = stop_cluster(data, grace_s=args.grace)
+    except ClusterStateMissing:
+        print(f"no cluster in {data}: nothing to stop")
+        return 0
+    except ClusterError as e:
+        raise CliError(str(e)) from None
+    if not results:
+        print(f"nothing running: the cluster in {data} is already stopped")
+        return 0
+    for node, outcome in results:
+        how = "stopped" if outcome == "stopped" else "killed (did not stop within the grace period)"
+        print(f"{node.node_id:<8} az {node.az}  {node.address:<21} pid {node.pid:<8} {how}")
+    print(f"stopped {len(results)} node(s); data kept in {data}")
+    return 0
+
+
+# ---- status ----------------------------------------------------------------------
+
+
+def _uptime(ms: int) -> str:
+    s = ms // 1000
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def pgcl(scls: Sequence[int], replicas: int = 6, write_quorum: int = 4) -> int | None:
+    """The 4th highest SCL of a PG's 6 segments. None if fewer than 4 are known."""
+    if len(scls) < write_quorum:
+        return None
+    return sorted(scls, reverse=True)[write_quorum - 1]
+
+
+def collect_status(data: Path, timeout_s: float = 1.0) -> dict[str, Any]:
+    """Query every node of the cluster in `data`; a JSON-ready report."""
+    import grpc
+
+    from borealdb.nodes.cluster.local import load_cluster_state
+    from borealdb.protos import storage_pb2, storage_pb2_grpc
+
+    state = load_cluster_state(data)
+
+    def ask(rec: Any) -> tuple[Any, Any, str | None]:
+        try:
+            with grpc.insecure_channel(rec.address) as ch:
+                resp = storage_pb2_grpc.StorageNodeStub(ch).NodeStatus(storage_pb2.NodeStatusRequest(), timeout=timeout_s)
+            return rec, resp, None
+        except grpc.RpcError as e:
+            return rec, None, f"{e.code().name}"
+
+    with ThreadPoolExecutor(max_workers=max(1, len(state.nodes))) as pool:
+        answers = list(pool.map(ask, state.nodes))
+
+    nodes = []
+    pgs: dict[tuple[str, int], dict[str, Any]] = {}
+    for rec, resp, err in answers:
+        nodes.append({
+            "node_id": rec.node_id,
+            "az": rec.az,
+            "role": rec.role,
+            "address": rec.address,
+            "up": resp is not None,
+            "error": err,
+            "pid": rec.pid if rec.alive else None,
+            "uptime_ms": resp.uptime_ms if resp else None,
+            "segments": len(resp.segments) if resp else None,
+            "data_size_bytes": resp.data_size_bytes if resp else None,
+        })
+        if resp is None:
+            continue
+        for seg in resp.segments:
+            pg = pgs.setdefault((seg.volume_id, seg.pg), {
+                "volume_id": seg.volume_id, "pg": seg.pg, "members": [], "scl": {}, "epoch": {}, "vdl_hint": 0,
+            })
+            pg["scl"][rec.node_id] = seg.scl
+            pg["epoch"][rec.node_id] = seg.epoch
+            pg["vdl_hint"] = max(pg["vdl_hint"], seg.vdl_hint)
+            for peer in seg.peers:
+                if peer.node_id not in pg["members"]:
+                    pg["members"].append(peer.node_id)
+    pg_list = []
+    for (_, _), pg in sorted(pgs.items()):
+        scls = list(pg["scl"].values())
+        pg["pgcl"] = pgcl(scls)
+        pg["reporting"] = len(scls)
+        pg["epochs"] = sorted(set(pg["epoch"].values()))
+        pg_list.append(pg)
+    return {"base_dir": str(state.base_dir), "nodes": nodes, "pgs": pg_list}
+
+
+def format_status(report: dict[str, Any]) -> str:
+    rows = [["NODE", "AZ", "ADDRESS", "STATE", "UPTIME", "SEGMENTS"]]
+    for n in report["nodes"]:
+        state = "up" if n["up"] else f"down ({n['error']})" if n["error"] else "down"
+        rows.append([n["node_id"], n["az"], n["address"], state,
+                     _uptime(n["uptime_ms"]) if n["uptime_ms"] is not None else "-",
+                     str(n["segments"]) if n["segments"] is not None else "-"])
+    out = [_table(rows)]
+    if not report["pgs"]:
+        out.append("\nno segments yet (no volume has been created)")
+        return "\n".join(out)
+    node_ids = [n["node_id"] for n in report["nodes"]]
+    for pg in report["pgs"]:
+        for m in pg["members"]:
+            if m not in node_ids:
+                node_ids.append(m)
+    rows = [["VOLUME", "PG", "EPOCH", "PGCL", "VDL_HINT", *[f"SCL@{i}" for i in node_ids]]]
+    for pg in report["pgs"]:
+        epoch = "-".join(str(e) for e in (pg["epochs"][0], pg["epochs"][-1])) if len(pg["epochs"]) > 1 else str(pg["epochs"][0])
+        if pg["pgcl"] is None:
+            pgcl_text = "?"  # fewer than 4 segments answered
+        elif pg["reporting"] < len(pg["members"] or [0] * 6):
+            pgcl_text = f">={pg['pgcl']}"  # an unreachable segment may be ahead
+        else:
+            pgcl_text = str(pg["pgcl"])
+        cells = []
+        for i in node_ids:
+            if i in pg["scl"]:
+                cells.append(str(pg["scl"][i]))
+            elif i in pg["members"]:
+                cells.append("down")
+            else:
+                cells.append("")
+        rows.append([pg["volume_id"], str(pg["pg"]), epoch, pgcl_text, str(pg["vdl_hint"]), *cells])
+    out.append("")
+    out.append(_table(rows))
+    out.append("\nPGCL: 4th highest SCL of the 6 segments (>=: some segments did not answer; ?: fewer than 4 answered)")
+    return "\n".join(out)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from borealdb.nodes.cluster.local import ClusterError
+
+    data = Path(args.data)
+    if not data.is_dir():
+        raise CliError(f"no data directory {data}; start a cluster with: boreal up --data {data}")
+    try:
+        report = collect_status(data, args.timeout)
+    except ClusterError as e:
+        raise CliError(str(e)) from None
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_status(report))
+    down = [n["node_id"] for n in report["nodes"] if not n["up"]]
+    if down and not args.json:
+        print(f"\n{len(down)} of {len(report['nodes'])} node(s) down: {', '.join(down)}", file=sys.stderr)
+    return 1 if down else 0
+
+
+# ---- bench -----------------------------------------------------------------------
+
+
+def cmd_bench(target: str, argv: list[str]) -> int:
+    import importlib
+
+    try:
+        bench = importlib.import_module("borealdb.nodes.volume.bench")
+    except ModuleNotFoundError as e:
+        if e.name in ("borealdb.nodes.volume.bench", "borealdb.nodes.volume"):
+            raise CliError("the volume benchmark is not part of this build (borealdb.nodes.volume.bench is missing)") from None
+        raise
+    rc = bench.main(argv)
+    return int(rc or 0)
+
+
+# ---- main ------------------------------------------------------------------------
+
+
+COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "storage-node": cmd_storage_node}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        # `boreal bench volume ...`: every later argument (--help included) belongs to the benchmark.
+        if len(argv) >= 2 and argv[0] == "bench" and argv[1] == "volume":
+            return cmd_bench(argv[1], argv[2:])
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        if args.command == "bench":
+            return cmd_bench(args.target, args.args)
+        return COMMANDS[args.command](args)
+    except CliError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
