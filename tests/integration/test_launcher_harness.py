@@ -225,10 +225,3 @@ def test_status_reports_pgcl_and_down_nodes(fake_cluster):
     text = cli.format_status(report)
     assert "down" in text and ">=20" in text
 
-
-def test_pgcl():
-    from borealdb.nodes.cli import pgcl
-
-    assert pgcl([5, 9, 7, 1, 3, 8]) == 5
-    assert pgcl([1, 2, 3]) is None
-    assert pgcl([4, 4, 4, 4]) == 4

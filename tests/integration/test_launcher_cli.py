@@ -1,0 +1,130 @@
+"""`boreal up --detach` / `status` / `down` and foreground `up`, end to end through the
+real command line, on 127.0.0.1 with a free base port and a temporary data dir.
+
+Each test runs against the stand-in server of test_launcher_harness.py ("stand-in")
+and, once it exists, the real storage node ("storage")."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from borealdb.nodes.cluster import local
+
+pytestmark = pytest.mark.integration
+
+HERE = Path(__file__).resolve().parent
+NODE_IDS = ["s-a1", "s-a2", "s-b1", "s-b2", "s-c1", "s-c2"]
+
+
+def _has_storage_server() -> bool:
+    try:
+        return importlib.util.find_spec("borealdb.nodes.storage.server") is not None
+    except ImportError:
+        return False
+
+
+@pytest.fixture(params=["stand-in", "storage"])
+def server_env(request):
+    env = dict(os.environ)
+    env.pop("BOREAL_STORAGE_SERVER_MODULE", None)
+    if request.param == "stand-in":
+        env["BOREAL_STORAGE_SERVER_MODULE"] = "test_launcher_harness"
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [str(HERE), env.get("PYTHONPATH")] if p)
+    elif not _has_storage_server():
+        pytest.skip("borealdb.nodes.storage.server does not exist yet")
+    return env
+
+
+def boreal(env, *args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "borealdb.nodes.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    d = tmp_path / "boreal-data"
+    yield d
+    # Whatever a test left running is stopped here.
+    try:
+        state = local.load_cluster_state(d)
+    except local.ClusterError:
+        return
+    for n in state.running():
+        local.terminate_pid(n.pid, grace_s=5)
+
+
+def test_up_detach_status_down(server_env, data_dir):
+    base = local.find_free_base_port()
+    r = boreal(server_env, "up", "--detach", "--data", str(data_dir), "--base-port", str(base))
+    assert r.returncode == 0, r.stderr + r.stdout
+    for i, node_id in enumerate(NODE_IDS):
+        assert node_id in r.stdout and f"127.0.0.1:{base + i}" in r.stdout
+    assert "boreal down" in r.stdout
+
+    # The nodes outlived the CLI process.
+    state = local.load_cluster_state(data_dir)
+    assert [n.node_id for n in state.running()] == NODE_IDS
+    assert [n.address for n in state.nodes] == [f"127.0.0.1:{base + i}" for i in range(6)]
+    assert [n.metrics_address for n in state.nodes] == [f"127.0.0.1:{base + 100 + i}" for i in range(6)]
+
+    r = boreal(server_env, "status", "--data", str(data_dir))
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert r.stdout.count(" up ") == 6
+
+    r = boreal(server_env, "status", "--data", str(data_dir), "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert [n["node_id"] for n in report["nodes"] if n["up"]] == NODE_IDS
+
+    r = boreal(server_env, "up", "--detach", "--data", str(data_dir), "--base-port", str(base))
+    assert r.returncode == 1 and "already running" in r.stderr
+
+    # One node down: status says so and exits 1.
+    victim = state.node("s-b2")
+    os.kill(victim.pid, signal.SIGKILL)
+    assert local.wait_pid_gone(victim.pid, 10)
+    r = boreal(server_env, "status", "--data", str(data_dir))
+    assert r.returncode == 1 and "s-b2" in r.stderr and "down" in r.stdout
+
+    r = boreal(server_env, "down", "--data", str(data_dir))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("stopped") >= 5 and "s-b2" not in r.stdout
+    assert all(not local.pid_alive(n.pid) for n in state.nodes)
+    assert local.load_cluster_state(data_dir).running() == []
+
+    r = boreal(server_env, "down", "--data", str(data_dir))
+    assert r.returncode == 0 and "nothing running" in r.stdout
+
+
+def test_foreground_up_stops_everything_on_sigterm(server_env, data_dir):
+    base = local.find_free_base_port()
+    proc = subprocess.Popen([sys.executable, "-m", "borealdb.nodes.cli", "up", "--data", str(data_dir), "--base-port", str(base)],
+                            env=server_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    try:
+        lines = []
+        deadline = time.monotonic() + 120
+        for line in proc.stdout:  # returns at EOF if `up` fails
+            lines.append(line)
+            if "Press Ctrl-C" in line or time.monotonic() > deadline:
+                break
+        assert any("Press Ctrl-C" in line for line in lines), "".join(lines)
+        pids = [n.pid for n in local.load_cluster_state(data_dir).running()]
+        assert len(pids) == 6
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        assert "stopped 6 node(s)" in out
+        assert not any(local.pid_alive(p) for p in pids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
