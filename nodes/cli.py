@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how often stored records are re-verified against their checksums (default: the node's)")
     p.add_argument("--retention-s", type=_positive_float, metavar="SECONDS",
                    help="how long old page versions are kept for readers (default: the node's)")
+    p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                   help="set any field of StorageOptions (nodes/storage/engine.py), e.g. "
+                   "--option gc_interval_s=1; repeatable")
 
     p = sub.add_parser(
         "bench",
@@ -170,6 +173,14 @@ def _storage_options(args: argparse.Namespace) -> Any:
         "retention_s": args.retention_s,
     }
     wanted = {k: v for k, v in wanted.items() if v is not None}
+    raw: dict[str, str] = {}
+    for item in args.option:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise CliError(f"--option {item!r}: expected NAME=VALUE")
+        raw[name.strip().replace("-", "_")] = value.strip()
+    if raw and not wanted and not _has_storage_engine():
+        raise CliError("this build's storage node takes no options (borealdb.nodes.storage.engine.StorageOptions is missing)")
     try:
         from borealdb.nodes.storage.engine import StorageOptions
     except ImportError:
@@ -180,14 +191,38 @@ def _storage_options(args: argparse.Namespace) -> Any:
     import inspect
 
     if dataclasses.is_dataclass(StorageOptions):
-        known = {f.name for f in dataclasses.fields(StorageOptions)}
+        defaults = {f.name: getattr(StorageOptions(), f.name) for f in dataclasses.fields(StorageOptions)}
     else:
-        known = set(inspect.signature(StorageOptions).parameters)
-    unknown = sorted(set(wanted) - known)
+        defaults = {k: p.default for k, p in inspect.signature(StorageOptions).parameters.items()}
+    unknown = sorted(set(wanted) - set(defaults))
     if unknown:
         flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
         raise CliError(f"this storage node does not support {flags}")
+    for name, text in raw.items():
+        if name not in defaults:
+            raise CliError(f"--option {name}: no such storage option (known: {', '.join(sorted(defaults))})")
+        kind = type(defaults[name])
+        try:
+            if kind is bool:
+                if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(text)
+                value: Any = text.lower() in ("1", "true", "yes")
+            elif kind in (int, float, str):
+                value = kind(text)
+            else:
+                raise CliError(f"--option {name}: cannot be set from the command line")
+        except ValueError:
+            raise CliError(f"--option {name}={text}: expected a {kind.__name__}") from None
+        wanted[name] = value
     return StorageOptions(**wanted)
+
+
+def _has_storage_engine() -> bool:
+    try:
+        from borealdb.nodes.storage.engine import StorageOptions  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def cmd_storage_node(args: argparse.Namespace) -> int:

@@ -164,3 +164,27 @@ def test_format_status_table_is_aligned():
     pg_header = next(line for line in lines if line.startswith("VOLUME"))
     pg_row = lines[lines.index(pg_header) + 1]
     assert pg_row.split() == ["v", "0", "2", "?", "10", "12", "down"]
+
+
+def _storage_args(*extra):
+    return cli.build_parser().parse_args(
+        ["storage-node", "--id", "s-a1", "--az", "a", "--listen", "127.0.0.1:1", "--data", "d", *extra])
+
+
+def test_storage_flags_map_to_storage_options():
+    engine = pytest.importorskip("borealdb.nodes.storage.engine")
+    opts = cli._storage_options(_storage_args("--gossip-interval-s", "0.1", "--scrub-interval-s", "2",
+                                              "--retention-s", "3", "--option", "gc_interval_s=1.5"))
+    assert isinstance(opts, engine.StorageOptions)
+    assert (opts.gossip_interval_s, opts.scrub_interval_s, opts.retention_s, opts.gc_interval_s) == (0.1, 2.0, 3.0, 1.5)
+
+
+@pytest.mark.parametrize("option, message", [
+    ("nope=1", "no such storage option"),
+    ("gc_interval_s=soon", "expected a float"),
+    ("missing-equals", "expected NAME=VALUE"),
+])
+def test_bad_storage_option(option, message):
+    pytest.importorskip("borealdb.nodes.storage.engine")
+    with pytest.raises(cli.CliError, match=message):
+        cli._storage_options(_storage_args("--option", option))
