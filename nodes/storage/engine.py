@@ -844,40 +844,96 @@ class StorageEngine:
         return made
 
     # ---- garbage collection --------------------------------------------------------
+    def _image_at(self, seg: Segment, page: int, lsn: int) -> bytes | None:
+        """The page image at `lsn` from the newest good version <= lsn plus records (None: corrupt)."""
+        vs = seg.versions.get(page, [])
+        i = bisect.bisect_right([v.lsn for v in vs], lsn)
+        base, base_lsn = None, 0
+        if i:
+            base = seg.load_version(page, vs[i - 1])
+            if base is None:
+                self._drop_corrupt_version(seg, page, vs[i - 1], "gc")
+                return None
+            base_lsn = vs[i - 1].lsn
+        elif not self._history_complete(seg, page):
+            return None
+        pl = seg.page_lsns.get(page, [])
+        for rl in pl[bisect.bisect_right(pl, base_lsn):bisect.bisect_right(pl, lsn)]:
+            rec = seg.load_record(seg.records[rl])
+            if rec is None:
+                return None
+            base = redo.materialize(base, rec.kind, rec.payload, seg.params.page_size)
+        return base
+
+    def _gc_floor(self, seg: Segment) -> int:
+        """The LSN below which no reader, peer or retention rule needs versions (caller holds lock)."""
+        if seg.min_read_point == 0:
+            return 0  # the writer never told us its read points
+        floor = min(seg.min_read_point, seg.vdl_hint, seg.scl)
+        now_mono = time.monotonic()
+        for peer_scl, when in seg.peer_scl.values():
+            if now_mono - when <= self.options.peer_memory_s:
+                floor = min(floor, peer_scl)
+        cutoff = time.time() - self.options.retention_s
+        for m in seg.records.values():
+            if m.lsn <= floor and m.ts > cutoff:
+                floor = m.lsn - 1
+        return floor
+
     def gc_once(self) -> int:
-        """Drop versions and records no reader can need; returns how many versions dropped."""
+        """Drop versions and records no reader can need; returns how many versions dropped.
+
+        For each page, the image at its newest record <= the floor is kept (written as
+        a version if the coalescer has not made exactly that one); older versions and
+        the records it covers go. Reads below the floor answer READ_GARBAGE_COLLECTED."""
         dropped_versions = 0
-        now_wall, now_mono = time.time(), time.monotonic()
         for seg in self._all_segments():
             with seg.lock:
-                if seg.min_read_point == 0:
-                    continue  # the writer never told us its read points
-                floor = min(seg.min_read_point, seg.vdl_hint, seg.scl)
-                for peer_scl, when in seg.peer_scl.values():
-                    if now_mono - when <= self.options.peer_memory_s:
-                        floor = min(floor, peer_scl)
-                cutoff = now_wall - self.options.retention_s
-                for m in seg.records.values():
-                    if m.ts > cutoff and m.lsn <= floor:
-                        floor = m.lsn - 1
+                floor = self._gc_floor(seg)
                 if floor <= seg.gc_floor:
                     continue
+                need: list[tuple[int, int, int]] = []
+                bodies: list[bytes] = []
+                for page, pl in seg.page_lsns.items():
+                    hi = bisect.bisect_right(pl, floor)
+                    if not hi:
+                        continue
+                    keep = pl[hi - 1]
+                    if any(v.lsn == keep for v in seg.versions.get(page, [])):
+                        continue
+                    image = self._image_at(seg, page, keep)
+                    if image is None:
+                        continue  # corrupt input: this page keeps everything until repaired
+                    vrec = redo.seal_record(pb.RedoRecord(lsn=keep, pg=seg.params.pg, page=page,
+                                                          kind=pb.FULL_PAGE, payload=image))
+                    need.append((page, keep, vrec.crc32))
+                    bodies.append(vrec.SerializeToString())
+                locs = seg.ver.append(bodies) if bodies else []
+            if bodies:
+                seg.ver.sync()
+            with seg.lock:
+                if self._gc_floor(seg) < floor:
+                    continue  # state moved backwards meanwhile (a seal): retry next pass
+                now = time.time()
+                for (page, lsn, crc), loc in zip(need, locs):
+                    if lsn in seg.records:
+                        vs = seg.versions.setdefault(page, [])
+                        bisect.insort(vs, VerMeta(lsn, loc[0], loc[1], loc[2], crc, now), key=lambda v: v.lsn)
                 drec = 0
                 for page in set(seg.page_lsns) | set(seg.versions):
                     pl = seg.page_lsns.get(page, [])
                     vs = seg.versions.get(page, [])
                     hi = bisect.bisect_right(pl, floor)
-                    keep_lsn = pl[hi - 1] if hi else None
-                    if keep_lsn is None:
-                        # no record <= floor held: keep the newest version <= floor
-                        vi = bisect.bisect_right([v.lsn for v in vs], floor)
-                        if vi > 1:
-                            dropped_versions += vi - 1
-                            seg.versions[page] = vs[vi - 1:]
-                        continue
-                    vi = next((k for k, v in enumerate(vs) if v.lsn == keep_lsn), None)
-                    if vi is None:
-                        continue  # not coalesced up to the floor yet: keep everything of this page
+                    if hi:
+                        keep = pl[hi - 1]
+                        vi = next((k for k, v in enumerate(vs) if v.lsn == keep), None)
+                        if vi is None:
+                            continue  # no version at the floor (corrupt input): keep everything of this page
+                    else:
+                        # no record <= floor held: the newest version <= floor stays
+                        vi = bisect.bisect_right([v.lsn for v in vs], floor) - 1
+                        if vi <= 0:
+                            continue
                     dropped_versions += vi
                     seg.versions[page] = vs[vi:]
                     for lsn in pl[:hi]:
@@ -886,8 +942,8 @@ class StorageEngine:
                         drec += 1
                 seg.gc_floor = floor
                 seg.save_meta()
-                stats.GC_RECORDS.labels(self.node_id).inc(drec)
                 seg.check_invariants()
+                stats.GC_RECORDS.labels(self.node_id).inc(drec)
                 self.log.debug("gc", volume=seg.params.volume_id, pg=seg.params.pg, gc_floor=floor, records=drec)
         stats.GC_VERSIONS.labels(self.node_id).inc(dropped_versions)
         return dropped_versions

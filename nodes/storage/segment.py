@@ -322,8 +322,8 @@ class Segment:
             t = _REC.unpack_from(data, pos)
             pos += _REC.size
             m = RecMeta(*t)
-            if not self.is_truncated(m.lsn, m.epoch) and m.lsn > self.gc_chain_lsn:
-                self.index_record(m)
+            if not self.is_truncated(m.lsn, m.epoch):
+                self.index_record(m)  # (records GC dropped after this checkpoint come back; GC drops them again)
         for _ in range(head["versions"]):
             page, lsn, chunk, off, flen, crc, ts = _VER.unpack_from(data, pos)
             pos += _VER.size
@@ -352,7 +352,7 @@ class Segment:
                 rec = pb.RedoRecord.FromString(fr.body)
             except Exception:  # noqa: BLE001
                 continue
-            if not redo.record_ok(rec) or rec.lsn in self.records or rec.lsn <= self.gc_chain_lsn:
+            if not redo.record_ok(rec) or rec.lsn in self.records:
                 continue
             if self.is_truncated(rec.lsn, rec.epoch):
                 continue
