@@ -1,0 +1,251 @@
+"""The seam between the volume client and the storage nodes.
+
+    fut = transport.call("127.0.0.1:7001", "Append", pb.AppendRequest(...), timeout_s=2.0)
+    fut.result()  # the response, or raises StorageError / NodeUnavailable
+
+- `StorageError` (from the storage engine): the node answered and rejected the request;
+  `.reason` is a pb.ErrorReason, `.code` a grpc.StatusCode.
+- `NodeUnavailable`: the node could not be reached (refused, deadline, down). The
+  request may or may not have been applied.
+
+`GrpcTransport` talks to real nodes (one channel per address, no thread per call);
+`InProcessTransport` calls StorageEngine objects directly, for fast tests, with
+knobs to take a node down, delay its answers or drop them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import random
+import threading
+import time
+from typing import Any, Protocol
+
+import grpc
+
+from borealdb.protos import storage_pb2 as pb
+
+METHODS = (
+    "Append",
+    "ReadPage",
+    "CreateSegment",
+    "PutDescriptor",
+    "Seal",
+    "ListSegments",
+    "RecordSummaries",
+    "FetchRecords",
+    "NodeStatus",
+)
+_SNAKE = {
+    "Append": "append",
+    "ReadPage": "read_page",
+    "CreateSegment": "create_segment",
+    "PutDescriptor": "put_descriptor",
+    "Seal": "seal",
+    "ListSegments": "list_segments",
+    "RecordSummaries": "record_summaries",
+    "FetchRecords": "fetch_records",
+    "NodeStatus": "node_status",
+}
+REASON_KEY = "boreal-reason"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class NodeUnavailable(Exception):
+    """The node did not answer: connection refused, deadline exceeded, or down."""
+
+    def __init__(self, address: str, message: str):
+        super().__init__(f"{address}: {message}")
+        self.address = address
+
+
+def storage_error_class() -> type[Exception]:
+    from borealdb.nodes.storage.engine import StorageError
+
+    return StorageError
+
+
+def make_storage_error(reason: int, code: grpc.StatusCode, message: str) -> Exception:
+    return storage_error_class()(code, reason, message)
+
+
+def error_reason(exc: BaseException) -> int | None:
+    """The pb.ErrorReason of a storage error, None for anything else."""
+    reason = getattr(exc, "reason", None)
+    return int(reason) if isinstance(reason, int) else None
+
+
+class Transport(Protocol):
+    def call(self, address: str, method: str, request: Any, timeout_s: float) -> cf.Future: ...
+
+    def close(self) -> None: ...
+
+
+# ---- gRPC ---------------------------------------------------------------------------
+
+
+class GrpcTransport:
+    """One insecure channel per address, created on first use (fork-safe: a child
+    process that inherits this object opens its own channels)."""
+
+    def __init__(self, options: list[tuple[str, Any]] | None = None):
+        self._options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_time_ms", 10_000),
+        ] + list(options or [])
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._stubs: dict[str, tuple[grpc.Channel, Any]] = {}
+
+    def _stub(self, address: str):
+        from borealdb.protos import storage_pb2_grpc
+
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's channels are unusable here
+                self._stubs = {}
+                self._pid = os.getpid()
+            entry = self._stubs.get(address)
+            if entry is None:
+                channel = grpc.insecure_channel(address, options=self._options)
+                entry = (channel, storage_pb2_grpc.StorageNodeStub(channel))
+                self._stubs[address] = entry
+            return entry[1]
+
+    def call(self, address: str, method: str, request: Any, timeout_s: float) -> cf.Future:
+        out: cf.Future = cf.Future()
+        out.set_running_or_notify_cancel()
+        try:
+            rpc = getattr(self._stub(address), method)
+            gfut = rpc.future(request, timeout=timeout_s)
+        except Exception as exc:  # noqa: BLE001
+            out.set_exception(NodeUnavailable(address, f"{method}: {exc}"))
+            return out
+
+        def done(g):
+            exc = g.exception()
+            if exc is None:
+                out.set_result(g.result())
+                return
+            out.set_exception(_translate(address, method, exc))
+
+        gfut.add_done_callback(done)
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            stubs, self._stubs = self._stubs, {}
+        for channel, _stub in stubs.values():
+            channel.close()
+
+
+def _translate(address: str, method: str, exc: BaseException) -> Exception:
+    if not isinstance(exc, grpc.RpcError):
+        return NodeUnavailable(address, f"{method}: {exc!r}")
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    reason_name = None
+    try:
+        for key, value in exc.trailing_metadata() or ():
+            if key == REASON_KEY:
+                reason_name = value
+    except Exception:  # noqa: BLE001
+        reason_name = None
+    if reason_name:
+        try:
+            reason = pb.ErrorReason.Value(reason_name)
+        except ValueError:
+            reason = pb.ERROR_REASON_UNSPECIFIED
+        return make_storage_error(reason, code, details or "")
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+        return NodeUnavailable(address, f"{method}: {code.name} {details}")
+    return make_storage_error(pb.ERROR_REASON_UNSPECIFIED, code, f"{method}: {code.name} {details}")
+
+
+# ---- in process ---------------------------------------------------------------------
+
+
+class InProcessTransport:
+    """Calls StorageEngine objects in this process through a small thread pool.
+
+    Requests and responses are serialised and parsed, as on the wire, so neither side
+    can keep a reference to the other's objects.
+    """
+
+    def __init__(self, engines: dict[str, Any], workers: int = 32):
+        self._engines = dict(engines)
+        self._pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inproc-rpc")
+        self._lock = threading.Lock()
+        self._down: set[str] = set()
+        self._delay: dict[str, tuple[float, frozenset[str] | None]] = {}
+        self._drop: dict[str, float] = {}
+        self._closed = threading.Event()
+        self._rng = random.Random(0)
+        self.calls: dict[tuple[str, str], int] = {}
+
+    def set_engine(self, address: str, engine: Any) -> None:
+        with self._lock:
+            self._engines[address] = engine
+
+    def set_down(self, address: str, down: bool = True) -> None:
+        with self._lock:
+            if down:
+                self._down.add(address)
+            else:
+                self._down.discard(address)
+
+    def set_delay(self, address: str, seconds: float, methods: list[str] | None = None) -> None:
+        """Answer calls to `address` (only `methods`, if given) after `seconds`."""
+        with self._lock:
+            if seconds <= 0:
+                self._delay.pop(address, None)
+            else:
+                self._delay[address] = (seconds, frozenset(methods) if methods else None)
+
+    def set_drop(self, address: str, probability: float) -> None:
+        """Lose a fraction of the calls to `address` (after applying them or not, at random)."""
+        with self._lock:
+            if probability <= 0:
+                self._drop.pop(address, None)
+            else:
+                self._drop[address] = probability
+
+    def call(self, address: str, method: str, request: Any, timeout_s: float) -> cf.Future:
+        if self._closed.is_set():
+            fut: cf.Future = cf.Future()
+            fut.set_exception(NodeUnavailable(address, "transport closed"))
+            return fut
+        wire = request.SerializeToString()
+        with self._lock:
+            self.calls[(address, method)] = self.calls.get((address, method), 0) + 1
+        return self._pool.submit(self._run, address, method, type(request), wire, timeout_s)
+
+    def _run(self, address, method, req_type, wire, timeout_s):
+        start = time.monotonic()
+        with self._lock:
+            engine = self._engines.get(address)
+            down = address in self._down or engine is None
+            delay = self._delay.get(address)
+            drop = self._drop.get(address, 0.0)
+            lost = drop > 0 and self._rng.random() < drop
+            apply_lost = self._rng.random() < 0.5
+        if down:
+            raise NodeUnavailable(address, f"{method}: connection refused")
+        if delay is not None and (delay[1] is None or method in delay[1]):
+            if self._closed.wait(min(delay[0], timeout_s)) or delay[0] >= timeout_s:
+                raise NodeUnavailable(address, f"{method}: DEADLINE_EXCEEDED")
+        if lost:
+            if apply_lost:
+                try:
+                    getattr(engine, _SNAKE[method])(req_type.FromString(wire))
+                except Exception:  # noqa: BLE001
+                    pass
+            self._closed.wait(max(0.0, timeout_s - (time.monotonic() - start)))
+            raise NodeUnavailable(address, f"{method}: DEADLINE_EXCEEDED (dropped)")
+        resp = getattr(engine, _SNAKE[method])(req_type.FromString(wire))
+        return type(resp).FromString(resp.SerializeToString())
+
+    def close(self) -> None:
+        self._closed.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
