@@ -124,6 +124,9 @@ class GrpcTransport:
             return out
 
         def done(g):
+            if g.cancelled():
+                out.set_exception(NodeUnavailable(address, f"{method}: cancelled"))
+                return
             exc = g.exception()
             if exc is None:
                 out.set_result(g.result())

@@ -139,6 +139,13 @@ def _trunc_key(t: pb.TruncationRange) -> tuple[int, int, int]:
     return (t.epoch, t.first_lsn, t.last_lsn)
 
 
+def _exception(fut: cf.Future, address: str) -> BaseException | None:
+    """fut.exception(), with a cancelled call (transport shut down) seen as an unreachable node."""
+    if fut.cancelled():
+        return NodeUnavailable(address, "call cancelled")
+    return fut.exception()
+
+
 # ---- placement --------------------------------------------------------------------------
 
 
@@ -253,7 +260,7 @@ class _Sender:
 
     def _done(self, batch: list[pb.RedoRecord], fut: cf.Future, t0: float) -> None:
         vol = self.vol
-        exc = fut.exception()
+        exc = _exception(fut, self.address)
         if exc is None:
             resp = fut.result()
             M_RPC_LATENCY.labels(vol.volume_id).observe(time.monotonic() - t0)
@@ -743,7 +750,7 @@ class Volume:
             done, _ = cf.wait(list(pending), timeout=wait_for, return_when=cf.FIRST_COMPLETED)
             for fut in done:
                 addr = pending.pop(fut)
-                exc = fut.exception()
+                exc = _exception(fut, addr)
                 if exc is not None:
                     if error_reason(exc) == pb.STALE_EPOCH:
                         self._fence(f"{addr} rejected a read at epoch {self._epoch}: {exc}")
@@ -863,7 +870,7 @@ class Volume:
                 break
             done, remaining = cf.wait(remaining, timeout=left, return_when=cf.FIRST_COMPLETED)
             for f in done:
-                exc = f.exception()
+                exc = _exception(f, "?")
                 if exc is None:
                     ok[futs[f]] = f.result()
                 else:
@@ -907,7 +914,7 @@ class Volume:
         lock = threading.Lock()
 
         def one_done(f: cf.Future) -> None:
-            exc = f.exception()
+            exc = _exception(f, address)
             if exc is not None:
                 if error_reason(exc) == pb.STALE_EPOCH:
                     self._fence(f"{address}: {exc}")

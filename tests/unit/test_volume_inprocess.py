@@ -244,62 +244,65 @@ def test_old_writer_is_fenced(nodes):
     vol2.close()
 
 
-def test_recovery_truncates_unacked_partial_group(nodes):
-    vol = Volume.create(nodes.config(), nodes.transport)
-    rng = random.Random(4)
-    model: dict[int, bytes] = {}
-    acked = write(vol, model, rng, [0, 8])  # PG 0 and PG 1
-    vol.wait_durable(acked, 5)
-    # PG 1's nodes stop answering: the next group reaches PG 0 only
-    for s in pg_nodes(vol, 1):
-        if s.address not in {x.address for x in pg_nodes(vol, 0)}:
-            nodes.transport.set_down(s.address)
-    # with the default placement on 6 nodes PG 0 and PG 1 share nodes: block PG 1 by delaying appends
-    # of records of that PG instead: take every node down after PG 0's records land
-    pg1_addrs = {s.address for s in pg_nodes(vol, 1)}
-    for a in pg1_addrs:
-        nodes.transport.set_down(a)
-    partial = vol.append_group([PageChange(page=1, kind=redo.FULL_PAGE, payload=page_image(rng)),
-                                PageChange(page=9, kind=redo.FULL_PAGE, payload=page_image(rng))])
-    with pytest.raises((QuorumLost, Unavailable)):
-        vol.wait_durable(partial, 0.3)
-    vol.close(flush_timeout_s=0)
-    for a in pg1_addrs:
-        nodes.transport.set_down(a, False)
-    vol2 = Volume.open(nodes.config(), nodes.transport)
-    assert vol2.vdl == acked
-    first, last = vol2.recovery.truncation[1:]
-    assert first == acked + 1 and last >= partial
-    assert vol2.read_page(1) == (b"", 0)
-    assert vol2.read_page(9) == (b"", 0)
-    check_reads(vol2, model)
-    vol2.close()
-
-
-def test_recovery_truncates_group_split_across_pgs(nodes):
-    """A group whose first record reached PG 0's quorum but whose CPL record (PG 1) did not."""
-    vol = Volume.create(nodes.config(), nodes.transport)
-    rng = random.Random(6)
-    model: dict[int, bytes] = {}
-    acked = write(vol, model, rng, [0, 8])
-    vol.wait_durable(acked, 5)
-    # the engines of PG 1 reject nothing, but we can make PG 1's record fail: use a page delta that
-    # storage accepts for PG 0 only by sending the group while PG 1's nodes are down, then bring
-    # them back after PG 0 acked
-    pg0 = {s.address for s in pg_nodes(vol, 0)}
-    pg1 = {s.address for s in pg_nodes(vol, 1)}
-    assert pg0 == pg1  # 6 nodes: every PG is on all of them
-    nodes.transport.set_down("mem:a0")
-    nodes.transport.set_down("mem:b0")
-    nodes.transport.set_down("mem:c0")
-    partial = vol.append_group([PageChange(page=2, kind=redo.FULL_PAGE, payload=page_image(rng)),
-                                PageChange(page=10, kind=redo.FULL_PAGE, payload=page_image(rng),)])
-    with pytest.raises(QuorumLost):
-        vol.wait_durable(partial, 0.3)
-    vol.close(flush_timeout_s=0)
-    vol2 = Volume.open(nodes.config(), nodes.transport)
-    assert vol2.vdl in (acked, partial)
-    vol2.close()
+def test_recovery_truncates_unacked_partial_group(tmp_path):
+    """A group whose first record (PG 0) met its quorum but whose CPL record (PG 1) did not:
+    recovery must discard the whole group, including the record that was durable."""
+    n = Nodes(str(tmp_path), per_az=3)
+    try:
+        vol = Volume.create(n.config(), n.transport)
+        rng = random.Random(4)
+        model: dict[int, bytes] = {}
+        acked = write(vol, model, rng, [0, 8])  # PG 0 and PG 1
+        vol.wait_durable(acked, 5)
+        pg0 = {s.address for s in pg_nodes(vol, 0)}
+        pg1 = {s.address for s in pg_nodes(vol, 1)}
+        shared = sorted(pg0 & pg1)
+        only1 = sorted(pg1 - pg0)
+        assert len(shared) == 3 and len(only1) == 3, (pg0, pg1)  # striping over 9 nodes
+        holders, spare = shared[:2], shared[2]
+        # PG 1 reachable on 2 segments only; PG 0 on 5
+        for a in only1 + [spare]:
+            n.transport.set_down(a)
+        partial = vol.append_group([PageChange(page=1, kind=redo.FULL_PAGE, payload=page_image(rng)),
+                                    PageChange(page=9, kind=redo.FULL_PAGE, payload=page_image(rng))])
+        with pytest.raises(QuorumLost):
+            vol.wait_durable(partial, 0.5)
+        st = vol.status()
+        assert st["pgs"][0]["pgcl"] == partial - 1  # the PG 0 record is at quorum ...
+        assert st["vcl"] == partial - 1 and st["vdl"] == acked  # ... but the group is not durable
+        vol.close(flush_timeout_s=0)
+        # recovery without the two segments that hold the CPL record
+        for a in only1 + [spare]:
+            n.transport.set_down(a, False)
+        for a in holders:
+            n.transport.set_down(a)
+        vol2 = Volume.open(n.config(), n.transport)
+        assert not vol2.recovery.read_only
+        assert vol2.vdl == acked
+        _epoch, first, last = vol2.recovery.truncation
+        assert first == acked + 1 and last >= partial
+        assert vol2.read_page(1) == (b"", 0)
+        assert vol2.read_page(9) == (b"", 0)
+        check_reads(vol2, model)
+        lsn = write(vol2, model, rng, [1, 9])
+        vol2.wait_durable(lsn, 5)
+        # the holders come back: they are sealed (EPOCH_AHEAD), drop the truncated records, catch up
+        for a in holders:
+            n.transport.set_down(a, False)
+        lsn = write(vol2, model, rng, [2, 10], n_groups=3)
+        vol2.wait_durable(lsn, 5)
+        deadline = time.monotonic() + 5
+        while any(n.engines[a].segment("v1", pg).epoch != vol2.epoch for a in holders for pg in (0, 1)):
+            assert time.monotonic() < deadline
+            vol2.heartbeat()
+            vol2.wait_durable(lsn, 1)
+        for a in holders:
+            seg = n.engines[a].segment("v1", 1)
+            assert partial not in seg.records
+        check_reads(vol2, model)
+        vol2.close()
+    finally:
+        n.close()
 
 
 def test_read_hedging_when_one_node_is_slow(nodes):
