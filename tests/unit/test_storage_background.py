@@ -327,3 +327,31 @@ def test_concurrent_appends_share_fsyncs(tmp_path):
         assert info(e, w.pg).scl == 25
     assert fs._value.get() - start <= 200  # never more than one fsync per append; usually far fewer
     e.close()
+
+
+def test_background_threads_fill_a_gap_without_explicit_calls(tmp_path):
+    import time
+
+    opts = StorageOptions(gossip_interval_s=0.02, gossip_idle_interval_s=0.05, coalesce_interval_s=0.02)
+    c = Cluster(tmp_path, n=3, options=opts)
+    try:
+        w = PgWriter()
+        engines = list(c.engines.values())
+        for e in engines:
+            e.create_segment(w.create_request(peers=c.infos))
+        recs = w.records(30)
+        append(engines[0], recs, vdl=30)
+        append(engines[1], recs, vdl=30)
+        append(engines[2], recs[20:], vdl=30)  # missed the first 20
+        for e in engines:
+            e.start_background(c.factory)
+        deadline = time.monotonic() + 10
+        while info(engines[2]).scl < 30 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert info(engines[2]).scl == 30
+        deadline = time.monotonic() + 10
+        while not engines[2].segment(VOLUME, 0).versions and time.monotonic() < deadline:
+            time.sleep(0.01)
+        check_reads(engines[2], w, [30])
+    finally:
+        c.close()
