@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", default=DEFAULT_DATA, metavar="DIR",
                    help=f"cluster directory: one sub-directory per node and cluster.json (default: {DEFAULT_DATA})")
-    p.add_argument("--base-port", type=_port, default=7101, metavar="PORT",
-                   help="first gRPC port; nodes use PORT..PORT+5, metrics PORT+100..PORT+105 (default: 7101)")
+    p.add_argument("--base-port", type=_port, default=None, metavar="PORT",
+                   help="first gRPC port; nodes use PORT..PORT+5, metrics PORT+100..PORT+105 (default: the "
+                   "ports this data dir used last time, else 7101; segments remember their peers' addresses)")
     p.add_argument("--detach", action="store_true", help="return once all nodes are ready; they keep running")
     p.add_argument("--timeout", type=_positive_float, default=60.0, metavar="SECONDS",
                    help="how long to wait for the nodes to become ready (default: 60)")
@@ -259,12 +260,38 @@ def _print_nodes(cluster: Any) -> None:
     print(_table(rows))
 
 
+def _previous_base_port(data: Path) -> int | None:
+    """The base port of the cluster last started from `data`, if it used the default layout."""
+    from borealdb.nodes.cluster.local import DEFAULT_TOPOLOGY, ClusterError, load_cluster_state
+
+    try:
+        state = load_cluster_state(data)
+    except ClusterError:
+        return None
+    ports = [int(n.address.rpartition(":")[2]) for n in state.nodes if n.address.rpartition(":")[2].isdigit()]
+    ids = [n.node_id for n in state.nodes]
+    if ids != [i for i, _ in DEFAULT_TOPOLOGY] or len(ports) != len(ids):
+        return None
+    if ports != list(range(ports[0], ports[0] + len(ports))):
+        return None
+    return ports[0]
+
+
 def cmd_up(args: argparse.Namespace) -> int:
-    from borealdb.nodes.cluster.local import DEFAULT_TOPOLOGY, METRICS_PORT_OFFSET, ClusterError, LocalCluster, port_is_free
+    from borealdb.nodes.cluster.local import (
+        DEFAULT_BASE_PORT,
+        DEFAULT_TOPOLOGY,
+        METRICS_PORT_OFFSET,
+        ClusterError,
+        LocalCluster,
+        port_is_free,
+    )
 
     data = Path(args.data)
     if data.exists() and not data.is_dir():
         raise CliError(f"--data {data}: exists and is not a directory")
+    if args.base_port is None:
+        args.base_port = _previous_base_port(data) or DEFAULT_BASE_PORT
     cluster = LocalCluster(data, base_port=args.base_port, exit_with_parent=not args.detach)
     try:
         cluster.check_not_running()

@@ -128,3 +128,17 @@ def test_foreground_up_stops_everything_on_sigterm(server_env, data_dir):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_up_again_reuses_the_ports_of_the_data_dir(server_env, data_dir):
+    base = local.find_free_base_port()
+    r = boreal(server_env, "up", "--detach", "--data", str(data_dir), "--base-port", str(base))
+    assert r.returncode == 0, r.stderr + r.stdout
+    r = boreal(server_env, "down", "--data", str(data_dir))
+    assert r.returncode == 0, r.stderr
+    r = boreal(server_env, "up", "--detach", "--data", str(data_dir))  # no --base-port
+    assert r.returncode == 0, r.stderr + r.stdout
+    state = local.load_cluster_state(data_dir)
+    assert [n.address for n in state.running()] == [f"127.0.0.1:{base + i}" for i in range(6)]
+    r = boreal(server_env, "down", "--data", str(data_dir))
+    assert r.returncode == 0 and r.stdout.count("stopped") >= 6
