@@ -15,6 +15,7 @@ knobs to take a node down, delay its answers or drop them.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import os
 import random
@@ -86,8 +87,15 @@ class Transport(Protocol):
 
 
 class GrpcTransport:
-    """One insecure channel per address, created on first use (fork-safe: a child
-    process that inherits this object opens its own channels)."""
+    """gRPC to real storage nodes: grpc.aio channels driven by one event-loop thread.
+
+    call() hands the request to that loop and returns a concurrent.futures.Future,
+    so callers never block and no thread is started per call (grpc's synchronous
+    `.future()` starts a channel-spin thread whenever a channel falls idle, which
+    cost milliseconds per commit). Completion callbacks run on the loop thread: they
+    must not block on another call's result. Fork-safe: a child process that inherits
+    this object starts its own loop and channels on first use.
+    """
 
     def __init__(self, options: list[tuple[str, Any]] | None = None):
         self._options = [
@@ -97,50 +105,76 @@ class GrpcTransport:
         ] + list(options or [])
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        self._stubs: dict[str, tuple[grpc.Channel, Any]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stubs: dict[str, tuple[Any, Any]] = {}  # touched only on the loop thread
+        self._closed = False
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("transport is closed")
+            if self._pid != os.getpid():  # forked: the parent's loop thread does not exist here
+                self._loop, self._thread, self._stubs = None, None, {}
+                self._pid = os.getpid()
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name="grpc-transport", daemon=True)
+                thread.start()
+                self._loop, self._thread = loop, thread
+            return self._loop
 
     def _stub(self, address: str):
         from borealdb.protos import storage_pb2_grpc
 
-        with self._lock:
-            if self._pid != os.getpid():  # forked: the parent's channels are unusable here
-                self._stubs = {}
-                self._pid = os.getpid()
-            entry = self._stubs.get(address)
-            if entry is None:
-                channel = grpc.insecure_channel(address, options=self._options)
-                entry = (channel, storage_pb2_grpc.StorageNodeStub(channel))
-                self._stubs[address] = entry
-            return entry[1]
+        entry = self._stubs.get(address)
+        if entry is None:
+            channel = grpc.aio.insecure_channel(address, options=self._options)
+            entry = (channel, storage_pb2_grpc.StorageNodeStub(channel))
+            self._stubs[address] = entry
+        return entry[1]
+
+    async def _call(self, address: str, method: str, request: Any, timeout_s: float) -> Any:
+        try:
+            return await getattr(self._stub(address), method)(request, timeout=timeout_s)
+        except asyncio.CancelledError:
+            raise NodeUnavailable(address, f"{method}: cancelled") from None
+        except Exception as exc:  # noqa: BLE001 - every failure becomes StorageError or NodeUnavailable
+            raise _translate(address, method, exc) from None
 
     def call(self, address: str, method: str, request: Any, timeout_s: float) -> cf.Future:
-        out: cf.Future = cf.Future()
-        out.set_running_or_notify_cancel()
         try:
-            rpc = getattr(self._stub(address), method)
-            gfut = rpc.future(request, timeout=timeout_s)
-        except Exception as exc:  # noqa: BLE001
+            loop = self._ensure_loop()
+            return asyncio.run_coroutine_threadsafe(self._call(address, method, request, timeout_s), loop)
+        except Exception as exc:  # noqa: BLE001 - closed transport or loop
+            out: cf.Future = cf.Future()
+            out.set_running_or_notify_cancel()
             out.set_exception(NodeUnavailable(address, f"{method}: {exc}"))
             return out
 
-        def done(g):
-            if g.cancelled():
-                out.set_exception(NodeUnavailable(address, f"{method}: cancelled"))
-                return
-            exc = g.exception()
-            if exc is None:
-                out.set_result(g.result())
-                return
-            out.set_exception(_translate(address, method, exc))
-
-        gfut.add_done_callback(done)
-        return out
-
     def close(self) -> None:
         with self._lock:
-            stubs, self._stubs = self._stubs, {}
-        for channel, _stub in stubs.values():
-            channel.close()
+            loop, thread, self._closed = self._loop, self._thread, True
+            self._loop = self._thread = None
+        if loop is None or self._pid != os.getpid():
+            return
+
+        async def _close_channels() -> None:
+            for channel, _stub in self._stubs.values():
+                await channel.close()
+            self._stubs.clear()
+
+        try:
+            asyncio.run_coroutine_threadsafe(_close_channels(), loop).result(timeout=5)
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(timeout=5)
+        loop.close()
+
+
+# ---- gRPC errors --------------------------------------------------------------------
 
 
 def _translate(address: str, method: str, exc: BaseException) -> Exception:
