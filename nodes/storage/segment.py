@@ -24,12 +24,15 @@ import time
 import zlib
 from dataclasses import dataclass
 
+from borealdb.nodes.log import get_logger
 from borealdb.nodes import redo
 from borealdb.protos import storage_pb2 as pb
 
 import threading
 
 from .segment_log import ChunkedLog, FrameCorrupt, write_atomic
+
+_log = get_logger(component="segment")
 
 _REC = struct.Struct("<QQQQBBQIIQId?")
 _VER = struct.Struct("<QQIQIId")
@@ -261,6 +264,8 @@ class Segment:
             ok = False
         if not ok:
             m.corrupt = True
+            _log.warning("record_corrupt", volume=self.params.volume_id, pg=self.params.pg, lsn=m.lsn,
+                         chunk=m.chunk, offset=m.off)
             return None
         return rec
 

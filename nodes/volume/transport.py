@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from borealdb.nodes.rpc import CLIENT_CHANNEL_OPTIONS, MAX_MESSAGE_BYTES  # noqa: F401 - re-exported
 from borealdb.protos import storage_pb2 as pb
 
 METHODS = (
@@ -50,7 +51,6 @@ _SNAKE = {
     "NodeStatus": "node_status",
 }
 REASON_KEY = "boreal-reason"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class NodeUnavailable(Exception):
@@ -98,11 +98,7 @@ class GrpcTransport:
     """
 
     def __init__(self, options: list[tuple[str, Any]] | None = None):
-        self._options = [
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.keepalive_time_ms", 10_000),
-        ] + list(options or [])
+        self._options = CLIENT_CHANNEL_OPTIONS + list(options or [])
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._loop: asyncio.AbstractEventLoop | None = None
