@@ -1,0 +1,1 @@
+"""The instance node: SQLite (apsw) on the distributed volume, serving SQL sessions over gRPC."""
