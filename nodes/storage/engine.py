@@ -86,7 +86,12 @@ def _bad(msg: str, reason=R.BAD_RECORD) -> StorageError:
 
 class GroupCommitter:
     """Leader-based group commit: the first caller to need an fsync syncs every log
-    written so far; callers arriving meanwhile wait and are covered by the next sync."""
+    written so far; callers arriving meanwhile wait and are covered by the next sync.
+
+    Two ways to wait: sync(ticket) blocks the calling thread (it may become the
+    leader); sync_async(ticket, loop, fut) never blocks: a dedicated syncer thread
+    does the fsync and resolves every covered future with one call_soon_threadsafe
+    per loop and batch (the asyncio gRPC server uses it, so no RPC holds a thread)."""
 
     def __init__(self, node_id: str):
         self._cv = threading.Condition()
@@ -95,6 +100,10 @@ class GroupCommitter:
         self._syncing = False
         self._dirty: dict[int, Any] = {}
         self._node = node_id
+        self._fsyncs = stats.FSYNCS.labels(node_id)
+        self._async: list[tuple[int, Any, Any]] = []  # (ticket, loop, asyncio future)
+        self._syncer: threading.Thread | None = None
+        self._stopping = False
 
     def note_write(self, log) -> int:
         with self._cv:
@@ -106,6 +115,27 @@ class GroupCommitter:
         with self._cv:
             return self._written
 
+    def _sync_locked(self) -> None:
+        """Caller holds _cv and has set _syncing; fsync everything written so far."""
+        target, dirty = self._written, self._dirty
+        self._dirty = {}
+        self._cv.release()
+        ok = False
+        try:
+            for log in dirty.values():
+                log.sync()
+            ok = True
+        finally:
+            self._cv.acquire()
+            self._syncing = False
+            self._cv.notify_all()
+            if not ok:  # nothing of this batch counts as durable: the next sync retries these logs
+                for k, log in dirty.items():
+                    self._dirty.setdefault(k, log)
+        if dirty:
+            self._fsyncs.inc(len(dirty))
+        self._synced = max(self._synced, target)
+
     def sync(self, ticket: int) -> None:
         with self._cv:
             while self._synced < ticket:
@@ -113,18 +143,83 @@ class GroupCommitter:
                     self._cv.wait()
                     continue
                 self._syncing = True
-                target, dirty = self._written, self._dirty
-                self._dirty = {}
-                self._cv.release()
-                try:
-                    for log in dirty.values():
-                        log.sync()
-                    stats.FSYNCS.labels(self._node).inc(len(dirty))
-                finally:
-                    self._cv.acquire()
-                    self._syncing = False
-                    self._cv.notify_all()
-                self._synced = max(self._synced, target)
+                self._sync_locked()
+
+    def sync_async(self, ticket: int, loop, fut) -> bool:
+        """True if `ticket` is already durable; else `fut` (an asyncio future of `loop`)
+        gets set_result(None) once it is (or an exception if the fsync failed)."""
+        with self._cv:
+            if self._synced >= ticket:
+                return True
+            self._async.append((ticket, loop, fut))
+            if self._syncer is None:
+                self._syncer = threading.Thread(target=self._syncer_loop, name=f"storage-fsync-{self._node}",
+                                                daemon=True)
+                self._syncer.start()
+            self._cv.notify_all()
+            return False
+
+    def _syncer_loop(self) -> None:
+        with self._cv:
+            while True:
+                error: BaseException | None = None
+                if self._async and not self._syncing and self._synced < max(t for t, _l, _f in self._async):
+                    self._syncing = True
+                    try:
+                        self._sync_locked()
+                    except BaseException as exc:  # noqa: BLE001 - fail the waiters, never ack
+                        error = exc
+                if self._async:
+                    if error is not None:
+                        ready, self._async = self._async, []
+                    else:
+                        ready = [w for w in self._async if w[0] <= self._synced]
+                        if ready:
+                            self._async = [w for w in self._async if w[0] > self._synced]
+                    if ready:
+                        self._cv.release()
+                        try:
+                            _resolve(ready, error)
+                        finally:
+                            self._cv.acquire()
+                        continue
+                if self._stopping and not self._async:
+                    return
+                if self._async and self._syncing:
+                    self._cv.wait()  # another thread is syncing: it notifies when done
+                elif not self._async:
+                    self._cv.wait()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+            t = self._syncer
+        if t is not None:
+            t.join(timeout=10)
+        with self._cv:
+            self._stopping = False
+            self._syncer = None
+
+
+def _resolve(ready: list[tuple[int, Any, Any]], error: BaseException | None) -> None:
+    by_loop: dict[int, tuple[Any, list]] = {}
+    for _t, loop, fut in ready:
+        by_loop.setdefault(id(loop), (loop, []))[1].append(fut)
+    for loop, futs in by_loop.values():
+        try:
+            loop.call_soon_threadsafe(_set_futures, futs, error)
+        except RuntimeError:
+            pass  # the loop is closed: nobody waits any more
+
+
+def _set_futures(futs: list, error: BaseException | None) -> None:
+    for f in futs:
+        if not f.done():
+            if error is None:
+                f.set_result(None)
+            else:
+                f.set_exception(error)
 
 
 class LocalPeer:
@@ -146,6 +241,16 @@ class LocalPeer:
         return self.engine.list_segments(req)
 
 
+class _AppendState:
+    """An Append between append_begin (validated + written) and append_finish (indexed + acked)."""
+
+    __slots__ = ("t0", "ticket", "segs", "by_pg", "targets", "written", "epoch", "vdl", "min_read_point")
+
+    def __init__(self, t0, ticket, segs, by_pg, targets, written, epoch, vdl, min_read_point):
+        self.t0, self.ticket, self.segs, self.by_pg, self.targets = t0, ticket, segs, by_pg, targets
+        self.written, self.epoch, self.vdl, self.min_read_point = written, epoch, vdl, min_read_point
+
+
 class StorageEngine:
     def __init__(self, node_id: str, az: str, address: str, data_dir: str, options: StorageOptions | None = None):
         self.node_id, self.az, self.address = node_id, az, address
@@ -155,6 +260,11 @@ class StorageEngine:
         self._lock = threading.Lock()
         self._segments: dict[tuple[str, int], Segment] = {}
         self._committer = GroupCommitter(node_id)
+        # metric children resolved once (labels() is a dict lookup under a lock per call)
+        self._append_latency = stats.APPEND_LATENCY.labels(node_id)
+        self._records_appended = stats.RECORDS_APPENDED.labels(node_id, "append")
+        self._bytes_appended = stats.BYTES_APPENDED.labels(node_id)
+        self._scl_gauges: dict[tuple[str, int], Any] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._peer_factory: Callable[[str], Any] | None = None
@@ -199,6 +309,7 @@ class StorageEngine:
             except Exception:  # noqa: BLE001
                 self.log.exception("checkpoint_on_close_failed")
         self.is_open = False
+        self._committer.stop()
         for seg in self._all_segments():
             seg.close()
 
@@ -209,6 +320,10 @@ class StorageEngine:
             t = threading.Thread(target=fn, name=f"storage-{name}-{self.node_id}", daemon=True)
             t.start()
             self._threads.append(t)
+
+    @property
+    def committer(self) -> GroupCommitter:
+        return self._committer
 
     # ---- lookups ------------------------------------------------------------------
     def _all_segments(self) -> list[Segment]:
@@ -304,7 +419,7 @@ class StorageEngine:
         now = time.time()
         for r, loc in zip(recs, locs):
             seg.pending[r.lsn] = (r, loc, now)
-        stats.BYTES_APPENDED.labels(self.node_id).inc(sum(loc[2] for loc in locs))
+        self._bytes_appended.inc(sum(loc[2] for loc in locs))
         return self._committer.note_write(seg.log), [r.lsn for r in recs]
 
     def _index_pending(self, seg: Segment, lsns: list[int]) -> int:
@@ -318,11 +433,32 @@ class StorageEngine:
             seg.index_record(RecMeta.of(rec, loc, ts))
             n += 1
         seg.check_invariants()
-        stats.SEGMENT_SCL.labels(self.node_id, seg.params.volume_id, str(seg.params.pg)).set(seg.scl)
+        self._scl_gauge(seg).set(seg.scl)
         return n
+
+    def _scl_gauge(self, seg: Segment):
+        g = self._scl_gauges.get(seg.key)
+        if g is None:
+            g = self._scl_gauges[seg.key] = stats.SEGMENT_SCL.labels(self.node_id, seg.params.volume_id,
+                                                                     str(seg.params.pg))
+        return g
 
     # ---- RPCs -----------------------------------------------------------------------
     def append(self, req: pb.AppendRequest) -> pb.AppendResponse:
+        st = self.append_begin(req)
+        try:
+            self._committer.sync(st.ticket)
+        except BaseException:
+            self._append_latency.observe(time.monotonic() - st.t0)
+            raise
+        return self.append_finish(st)
+
+    def append_begin(self, req: pb.AppendRequest) -> "_AppendState":
+        """Validate the whole request, then write its new frames (not yet durable).
+
+        Next: wait until the committer has synced `state.ticket` (sync / sync_async),
+        then append_finish(state) indexes the records and builds the ack. Raises
+        StorageError (counted as rejected) with nothing written."""
         t0 = time.monotonic()
         try:
             size = req.ByteSize()
@@ -335,7 +471,10 @@ class StorageEngine:
             segs = self._volume_segments(req.volume_id)
             by_pg: dict[int, list[pb.RedoRecord]] = {}
             for rec in req.records:
-                by_pg.setdefault(rec.pg, []).append(rec)
+                lst = by_pg.get(rec.pg)
+                if lst is None:
+                    lst = by_pg[rec.pg] = []
+                lst.append(rec)
             for pg in by_pg:
                 if pg not in segs:
                     raise _err(grpc.StatusCode.NOT_FOUND, R.UNKNOWN_SEGMENT,
@@ -343,18 +482,19 @@ class StorageEngine:
             targets = [segs[pg] for pg in sorted(by_pg)] if by_pg else [segs[pg] for pg in sorted(segs)]
             written: list[tuple[Segment, list[int]]] = []
             ticket = 0
+            req_epoch, req_vdl, req_mrp = req.epoch, req.vdl, req.min_read_point
             with ExitStack() as stack:
                 for seg in targets:
                     stack.enter_context(seg.lock)
                 for seg in targets:
-                    self._check_epoch(seg, req.epoch)
+                    self._check_epoch(seg, req_epoch)
                 plan: list[tuple[Segment, list[pb.RedoRecord]]] = []
                 for seg in targets:
                     batch: dict[int, pb.RedoRecord] = {}
                     todo = []
                     for rec in by_pg.get(seg.params.pg, ()):
-                        if rec.epoch > req.epoch:
-                            raise _bad(f"record lsn {rec.lsn}: epoch {rec.epoch} > request epoch {req.epoch}")
+                        if rec.epoch > req_epoch:
+                            raise _bad(f"record lsn {rec.lsn}: epoch {rec.epoch} > request epoch {req_epoch}")
                         if self._validate(seg, rec, batch):
                             todo.append(rec)
                         batch[rec.lsn] = rec
@@ -364,32 +504,44 @@ class StorageEngine:
                     if todo:
                         ticket, lsns = self._write(seg, todo)
                         written.append((seg, lsns))
-                    seg.vdl_hint = max(seg.vdl_hint, req.vdl)
-                    if req.min_read_point:
-                        seg.min_read_point = max(seg.min_read_point, req.min_read_point)
+                    if req_vdl > seg.vdl_hint:
+                        seg.vdl_hint = req_vdl
+                    if req_mrp and req_mrp > seg.min_read_point:
+                        seg.min_read_point = req_mrp
                 ticket = max(ticket, self._committer.current())
-            self._committer.sync(ticket)
-            resp = pb.AppendResponse()
-            for seg in targets:
-                with seg.lock:
-                    for s, lsns in written:
-                        if s is seg:
-                            n = self._index_pending(seg, lsns)
-                            stats.RECORDS_APPENDED.labels(self.node_id, "append").inc(n)
-                    resp.acks.add(pg=seg.params.pg, scl=seg.scl)
-            # the VDL and read point are volume-wide: tell the volume's other segments too
-            for pg, seg in segs.items():
-                if pg not in by_pg and by_pg:
-                    with seg.lock:
-                        if seg.epoch == req.epoch:
-                            seg.vdl_hint = max(seg.vdl_hint, req.vdl)
-                            if req.min_read_point:
-                                seg.min_read_point = max(seg.min_read_point, req.min_read_point)
-            return resp
+            return _AppendState(t0, ticket, segs, by_pg, targets, written, req_epoch, req_vdl, req_mrp)
         except StorageError as exc:
+            self._append_latency.observe(time.monotonic() - t0)
             raise self._reject(exc) from None
+
+    def append_finish(self, st: "_AppendState") -> pb.AppendResponse:
+        """After the committer synced st.ticket: index the records, ack every target's SCL."""
+        try:
+            resp = pb.AppendResponse()
+            acks = resp.acks
+            n_total = 0
+            for seg in st.targets:
+                with seg.lock:
+                    for s, lsns in st.written:
+                        if s is seg:
+                            n_total += self._index_pending(seg, lsns)
+                    acks.add(pg=seg.params.pg, scl=seg.scl)
+            if n_total:
+                self._records_appended.inc(n_total)
+            # the VDL and read point are volume-wide: tell the volume's other segments too
+            by_pg = st.by_pg
+            if by_pg:
+                for pg, seg in st.segs.items():
+                    if pg not in by_pg:
+                        with seg.lock:
+                            if seg.epoch == st.epoch:
+                                if st.vdl > seg.vdl_hint:
+                                    seg.vdl_hint = st.vdl
+                                if st.min_read_point and st.min_read_point > seg.min_read_point:
+                                    seg.min_read_point = st.min_read_point
+            return resp
         finally:
-            stats.APPEND_LATENCY.labels(self.node_id).observe(time.monotonic() - t0)
+            self._append_latency.observe(time.monotonic() - st.t0)
 
     def read_page(self, req: pb.ReadPageRequest) -> pb.ReadPageResponse:
         try:
@@ -431,7 +583,6 @@ class StorageEngine:
         for lsn in pl[lo:hi]:
             rec = seg.load_record(seg.records[lsn])
             if rec is None:
-                self.log.warning("record_corrupt", volume=seg.params.volume_id, pg=seg.params.pg, lsn=lsn)
                 stats.SCRUB_CORRUPT.labels(self.node_id, "record").inc()
                 return pb.ReadPageResponse(status=pb.READ_CORRUPT, scl=seg.scl)
             base = redo.materialize(base, rec.kind, rec.payload, seg.params.page_size)
@@ -655,8 +806,11 @@ class StorageEngine:
 
     def gossip_once(self) -> int:
         """One gossip pass over every segment; returns the number of records stored."""
+        return self._gossip_segments(self._all_segments())
+
+    def _gossip_segments(self, segments: list[Segment]) -> int:
         stored = 0
-        for seg in self._all_segments():
+        for seg in segments:
             if self._stop.is_set() and self._threads:
                 break
             stored += self._repair_segment(seg)
@@ -766,23 +920,67 @@ class StorageEngine:
     def repair_once(self) -> int:
         return sum(self._repair_segment(seg) for seg in self._all_segments())
 
+    @staticmethod
+    def _has_corrupt(seg: Segment) -> bool:
+        """Caller holds seg.lock. O(1) unless something was marked corrupt since the last check."""
+        if not seg.corrupt_hint:
+            return False
+        if any(m.corrupt for m in seg.records.values()):
+            return True
+        seg.corrupt_hint = False
+        return False
+
+    def _lag_target(self, seg: Segment) -> int:
+        """The highest LSN this segment knows it misses (<= SCL: none). Caller holds seg.lock."""
+        target = max(seg.vdl_hint, seg.highest_lsn())
+        if seg.succ:
+            target = max(target, max(seg.succ.values()))
+        return target
+
     def _behind(self) -> bool:
         for seg in self._all_segments():
             with seg.lock:
-                if seg.succ or seg.vdl_hint > seg.scl or seg.highest_lsn() > seg.scl or any(
-                        m.corrupt for m in seg.records.values()):
+                if seg.succ or self._lag_target(seg) > seg.scl or self._has_corrupt(seg):
                     return True
         return False
 
     def _gossip_loop(self) -> None:
+        """Full gossip pass every gossip_idle_interval_s. In between, every gossip_interval_s,
+        gossip only the segments that are really behind: corrupt records, or an SCL that
+        has still not reached what the segment already missed at the previous check (a
+        live writer fills a lag in flight within an interval; asking 5 peers each time
+        a segment is momentarily behind costs more than the Appends themselves)."""
+        o = self.options
+        seen: dict[tuple[str, int], int] = {}  # segment -> lag target at the previous check
+        only: list[Segment] | None = None      # None: full pass
+        last_full = 0.0
         while not self._stop.is_set():
             try:
-                self.gossip_once()
-                behind = self._behind()
+                if only is None:
+                    self.gossip_once()
+                    last_full = time.monotonic()
+                elif only:
+                    self._gossip_segments(only)
+                only, checking = [], False
+                for seg in self._all_segments():
+                    with seg.lock:
+                        target, scl, corrupt = self._lag_target(seg), seg.scl, self._has_corrupt(seg)
+                    prev = seen.get(seg.key)
+                    if corrupt or (prev is not None and scl < prev):
+                        only.append(seg)
+                    if scl < target:
+                        checking = True
+                        seen[seg.key] = target if prev is None or scl >= prev else prev
+                    else:
+                        seen.pop(seg.key, None)
+                behind = checking or bool(only)
             except Exception:  # noqa: BLE001
                 self.log.exception("gossip_failed")
-                behind = True
-            self._stop.wait(self.options.gossip_interval_s if behind else self.options.gossip_idle_interval_s)
+                behind, only = True, None
+            wait = o.gossip_interval_s if behind else o.gossip_idle_interval_s
+            if time.monotonic() + wait - last_full >= o.gossip_idle_interval_s:
+                only = None
+            self._stop.wait(wait)
 
     # ---- coalescing -----------------------------------------------------------------
     def coalesce_once(self) -> int:
@@ -984,8 +1182,6 @@ class StorageEngine:
                         if seg.load_record(m) is None:
                             found += 1
                             stats.SCRUB_CORRUPT.labels(self.node_id, "record").inc()
-                            self.log.warning("scrub_record_corrupt", volume=seg.params.volume_id,
-                                             pg=seg.params.pg, lsn=lsn)
             with seg.lock:
                 for page, vs in list(seg.versions.items()):
                     for v in list(vs):

@@ -117,6 +117,7 @@ class Segment:
         self.dirty_pages: set[int] = set()      # pages with records above their newest version
         self.lost_pages: set[int] = set()       # a corrupt version that could not be rebuilt
         self.peer_scl: dict[str, tuple[int, float]] = {}  # requester node -> (scl, when)
+        self.corrupt_hint = False                # set whenever a record is marked corrupt
         self.log = ChunkedLog(os.path.join(directory, "log"), chunk_size_bytes)
         self.ver = ChunkedLog(os.path.join(directory, "ver"), chunk_size_bytes)
         self.frames_replayed = 0
@@ -169,6 +170,8 @@ class Segment:
         if meta.lsn in self.records:
             return
         self.records[meta.lsn] = meta
+        if meta.corrupt:
+            self.corrupt_hint = True
         if not self.lsns or meta.lsn > self.lsns[-1]:
             self.lsns.append(meta.lsn)
         else:
@@ -264,6 +267,7 @@ class Segment:
             ok = False
         if not ok:
             m.corrupt = True
+            self.corrupt_hint = True
             _log.warning("record_corrupt", volume=self.params.volume_id, pg=self.params.pg, lsn=m.lsn,
                          chunk=m.chunk, offset=m.off)
             return None

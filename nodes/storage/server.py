@@ -7,11 +7,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import signal
 import threading
 from concurrent import futures
 
 import grpc
+
+from borealdb.nodes.rpc import CLIENT_CHANNEL_OPTIONS, SERVER_OPTIONS
 
 from borealdb.nodes.log import configure_logging
 from borealdb.nodes.metrics import start_metrics_server
@@ -21,56 +25,155 @@ from borealdb.protos import storage_pb2_grpc as pb_grpc
 from .engine import StorageEngine, StorageError, StorageOptions
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-GRPC_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-]
-SERVER_WORKERS = 32  # bounds concurrent requests (and so the group-commit queue)
+GRPC_OPTIONS = SERVER_OPTIONS
+SERVER_WORKERS = 32  # threads for the RPCs other than Append (which holds no thread while it waits)
+
+
+def _metadata(exc: StorageError) -> tuple[tuple[str, str], ...]:
+    md = [("boreal-reason", pb.ErrorReason.Name(exc.reason))]
+    if exc.pg is not None:
+        md.append(("boreal-pg", str(exc.pg)))
+    if exc.segment_epoch is not None:
+        md.append(("boreal-segment-epoch", str(exc.segment_epoch)))
+    return tuple(md)
 
 
 def _call(context, fn, req):
+    """Synchronous servicer helper (kept for in-process callers and tests)."""
     try:
         return fn(req)
     except StorageError as exc:
-        md = [("boreal-reason", pb.ErrorReason.Name(exc.reason))]
-        if exc.pg is not None:
-            md.append(("boreal-pg", str(exc.pg)))
-        if exc.segment_epoch is not None:
-            md.append(("boreal-segment-epoch", str(exc.segment_epoch)))
-        context.set_trailing_metadata(tuple(md))
+        context.set_trailing_metadata(_metadata(exc))
         context.abort(exc.code, exc.message)
 
 
 class StorageServicer(pb_grpc.StorageNodeServicer):
-    def __init__(self, engine: StorageEngine):
+    """The StorageNode service on grpc.aio, all RPCs on one event-loop thread.
+
+    Append runs its validate + write step on the loop, then awaits the group commit
+    (the committer's fsync thread resolves every covered Append at once), then indexes
+    and acks on the loop: no thread handoff per request, one per fsync batch. The other
+    RPCs may block (disk reads, meta.json fsyncs) and run in a thread pool.
+    """
+
+    def __init__(self, engine: StorageEngine, executor: futures.ThreadPoolExecutor):
         self.e = engine
+        self._pool = executor
 
-    def Append(self, request, context):
-        return _call(context, self.e.append, request)
+    @staticmethod
+    async def _abort(context, exc: StorageError):
+        context.set_trailing_metadata(_metadata(exc))
+        await context.abort(exc.code, exc.message)
 
-    def ReadPage(self, request, context):
-        return _call(context, self.e.read_page, request)
+    async def _offload(self, context, fn, req):
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, req)
+        except StorageError as exc:
+            await self._abort(context, exc)
 
-    def CreateSegment(self, request, context):
-        return _call(context, self.e.create_segment, request)
+    async def Append(self, request, context):
+        e = self.e
+        try:
+            st = e.append_begin(request)
+        except StorageError as exc:
+            await self._abort(context, exc)
+            return None
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        if not e.committer.sync_async(st.ticket, loop, fut):
+            try:
+                await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                # the caller went away: the frames are written, so still index them once
+                # durable (else they would stay pending and block a retry of the same LSNs)
+                fut.add_done_callback(lambda f: None if f.cancelled() or f.exception() else e.append_finish(st))
+                raise
+        return e.append_finish(st)
 
-    def PutDescriptor(self, request, context):
-        return _call(context, self.e.put_descriptor, request)
+    async def ReadPage(self, request, context):
+        return await self._offload(context, self.e.read_page, request)
 
-    def Seal(self, request, context):
-        return _call(context, self.e.seal, request)
+    async def CreateSegment(self, request, context):
+        return await self._offload(context, self.e.create_segment, request)
 
-    def ListSegments(self, request, context):
-        return _call(context, self.e.list_segments, request)
+    async def PutDescriptor(self, request, context):
+        return await self._offload(context, self.e.put_descriptor, request)
 
-    def RecordSummaries(self, request, context):
-        return _call(context, self.e.record_summaries, request)
+    async def Seal(self, request, context):
+        return await self._offload(context, self.e.seal, request)
 
-    def FetchRecords(self, request, context):
-        return _call(context, self.e.fetch_records, request)
+    async def ListSegments(self, request, context):
+        return await self._offload(context, self.e.list_segments, request)
 
-    def NodeStatus(self, request, context):
-        return _call(context, self.e.node_status, request)
+    async def RecordSummaries(self, request, context):
+        return await self._offload(context, self.e.record_summaries, request)
+
+    async def FetchRecords(self, request, context):
+        return await self._offload(context, self.e.fetch_records, request)
+
+    async def NodeStatus(self, request, context):
+        return await self._offload(context, self.e.node_status, request)
+
+
+class _ServerLoop:
+    """One asyncio loop thread per process that hosts every aio server started here."""
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+    _pid = 0
+
+    @classmethod
+    def get(cls) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._loop is None or cls._pid != os.getpid() or cls._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="storage-grpc-loop", daemon=True).start()
+                cls._loop, cls._pid = loop, os.getpid()
+            return cls._loop
+
+
+class StorageServer:
+    """Handle of a running aio server (same calls as grpc.Server: stop(grace).wait())."""
+
+    def __init__(self, server: grpc.aio.Server, loop: asyncio.AbstractEventLoop,
+                 pool: futures.ThreadPoolExecutor):
+        self._server, self._loop, self._pool = server, loop, pool
+        self._stopped = threading.Event()
+
+    def stop(self, grace: float | None) -> threading.Event:
+        if not self._stopped.is_set():
+            try:
+                asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop).result(
+                    timeout=(grace or 0) + 10)
+            except Exception:  # noqa: BLE001 - stopping is best effort
+                pass
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._stopped.set()
+        return self._stopped
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+
+def start_server(engine: StorageEngine, listen: str) -> tuple[StorageServer, int]:
+    loop = _ServerLoop.get()
+    pool = futures.ThreadPoolExecutor(max_workers=SERVER_WORKERS, thread_name_prefix="storage-rpc")
+
+    async def _start() -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        pb_grpc.add_StorageNodeServicer_to_server(StorageServicer(engine, pool), server)
+        port = server.add_insecure_port(listen)
+        if port == 0:
+            raise RuntimeError(f"cannot listen on {listen}")
+        await server.start()
+        return server, port
+
+    try:
+        server, port = asyncio.run_coroutine_threadsafe(_start(), loop).result(timeout=30)
+    except BaseException:
+        pool.shutdown(wait=False)
+        raise
+    return StorageServer(server, loop, pool), port
 
 
 class GrpcPeer:
@@ -78,7 +181,7 @@ class GrpcPeer:
 
     def __init__(self, address: str):
         self.address = address
-        self.channel = grpc.insecure_channel(address, options=GRPC_OPTIONS)
+        self.channel = grpc.insecure_channel(address, options=CLIENT_CHANNEL_OPTIONS)
         self.stub = pb_grpc.StorageNodeStub(self.channel)
 
     def fetch_records(self, req: pb.FetchRecordsRequest, timeout_s: float) -> pb.FetchRecordsResponse:
@@ -89,17 +192,6 @@ class GrpcPeer:
 
     def close(self) -> None:
         self.channel.close()
-
-
-def start_server(engine: StorageEngine, listen: str) -> tuple[grpc.Server, int]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=SERVER_WORKERS, thread_name_prefix="storage-rpc"),
-                         options=GRPC_OPTIONS)
-    pb_grpc.add_StorageNodeServicer_to_server(StorageServicer(engine), server)
-    port = server.add_insecure_port(listen)
-    if port == 0:
-        raise RuntimeError(f"cannot listen on {listen}")
-    server.start()
-    return server, port
 
 
 def serve(node_id: str, az: str, listen: str, data_dir: str, metrics_listen: str | None = None,
