@@ -1,0 +1,544 @@
+"""The SQL engine of a writer instance: sessions over one VolumeDatabase.
+
+Where each statement runs
+- Autocommit reads run on a snapshot connection at the VDL: everything they can see
+  is already durable, so their rows stream out at once, and they never wait for the
+  writer. A session's reads start at a VDL at or above its own last commit, so a
+  session always reads its own writes (and reads are monotonic per session).
+- Writes and explicit transactions run on the single writer connection, one session
+  at a time (the write lock; waiting longer than lock_timeout_s is LOCK_TIMEOUT).
+  Statements are routed by trying the snapshot connection first, where SQLite's
+  query_only refuses any write before it changes anything; statements that are
+  obviously writes skip that attempt.
+
+Commit is asynchronous (Aurora): the writer connection's COMMIT hands the redo to
+the volume and returns; the session releases the write lock and only then waits
+until the VDL covers its commit LSN, so other sessions' transactions run while this
+one's redo is on its way to the storage quorum.
+
+No client sees data that could still be lost: anything read through the writer
+connection (inside a transaction, or by a write statement) may include other
+sessions' committed-but-not-yet-durable changes, so the reply waits until the VDL
+covers the writer's last commit LSN as of the end of the statement.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import apsw
+
+from borealdb.errors import QuorumLost, StaleEpoch, Unavailable, VolumeFull
+from borealdb.nodes.instance.vfs import VolumeDatabase
+from borealdb.nodes.log import get_logger
+
+_log = get_logger(component="sql")
+
+# Statements that certainly write: sent to the writer without a snapshot attempt.
+_WRITE_KEYWORDS = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "VACUUM", "REINDEX", "ANALYZE"})
+_LEADING = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.S)
+_WORD = re.compile(r"[A-Za-z]+")
+
+
+@dataclass
+class InstanceOptions:
+    session_idle_timeout_s: float = 300.0       # an idle session is closed after this
+    transaction_idle_timeout_s: float = 60.0    # an idle session holding the write lock is rolled back sooner
+    lock_timeout_s: float = 10.0                # wait for the write lock at most this long
+    commit_timeout_s: float = 30.0              # wait for the VDL to cover a commit at most this long
+    max_statement_bytes: int = 1 << 20
+    max_parameters: int = 32766                 # SQLite's own limit
+    max_result_bytes: int = 64 << 20            # per statement
+    max_sessions: int = 10_000
+    batch_rows: int = 500                       # rows per streamed message by default
+    cache_capacity_bytes: int = 256 << 20       # versioned page cache
+    snapshot_pool_size: int = 16
+    grpc_workers: int = 64
+
+
+class SqlError(Exception):
+    """A statement failed; `code` is a SqlErrorCode name (protos/sql.proto)."""
+
+    def __init__(self, code: str, message: str, *, sqlite_code: int | None = None, in_transaction: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.sqlite_code = sqlite_code
+        self.in_transaction = in_transaction
+
+
+@dataclass
+class Outcome:
+    rows_affected: int = -1
+    last_insert_rowid: int = 0
+    in_transaction: bool = False
+    commit_lsn: int = 0
+    read_lsn: int = 0
+
+
+@dataclass
+class Session:
+    session_id: str
+    client_name: str
+    created_s: float
+    last_used_s: float
+    in_transaction: bool = False
+    last_commit_lsn: int = 0
+    busy: threading.Lock = field(default_factory=threading.Lock)
+    closed: bool = False
+
+
+_PRAGMA = re.compile(r"\s*PRAGMA\s+(?:\w+\.)?(?P<name>\w+)\s*(?P<arg>[=(])?", re.I)
+# PRAGMAs that take an argument without changing a connection or storage setting
+# (the header fields user_version and application_id are ordinary writes).
+_PRAGMAS_WITH_ARGUMENTS = frozenset({
+    "table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo", "foreign_key_list",
+    "foreign_key_check", "integrity_check", "quick_check", "user_version", "application_id",
+})
+
+
+class _NeedsWriter(Exception):
+    """Raised by the exec tracer when a statement routed to a snapshot would write."""
+
+
+def _one_statement_trace(*, readonly: bool):
+    """An apsw exec tracer: refuse a second statement, and (readonly) stop before any write."""
+    count = [0]
+
+    def trace(cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
+        count[0] += 1
+        if count[0] > 1:
+            raise SqlError("MISUSE", "one statement per execute: split the script into statements")
+        if readonly and not cursor.is_readonly:
+            raise _NeedsWriter()
+        return True
+
+    return trace
+
+
+def _first_word(sql: str) -> str:
+    m = _WORD.match(sql, _LEADING.match(sql).end())
+    return m.group(0).upper() if m else ""
+
+
+def _is_savepoint_rollback(sql: str) -> bool:
+    return re.search(r"\bTO\b", sql, re.I) is not None
+
+
+class SqlEngine:
+    def __init__(self, db: VolumeDatabase, *, node_id: str, options: InstanceOptions | None = None):
+        self.db = db
+        self.volume = db.volume
+        self.node_id = node_id
+        self.options = options or InstanceOptions()
+        self._writer = db.open_writer()
+        self._write_lock = threading.Lock()
+        self._write_owner: str | None = None     # session id holding the lock across statements
+        self._sessions: dict[str, Session] = {}
+        self._sessions_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self.commits = 0
+        self.fenced_reason: str | None = None
+        self._stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap_loop, name="session-reaper", daemon=True)
+        self._reaper.start()
+
+    # ---- sessions ------------------------------------------------------------------
+    def open_session(self, client_name: str = "") -> Session:
+        now = time.monotonic()
+        with self._sessions_lock:
+            if len(self._sessions) >= self.options.max_sessions:
+                raise SqlError("UNAVAILABLE", f"too many sessions ({self.options.max_sessions}); close some and retry")
+            sid = f"{self.node_id}-{next(self._ids)}-{secrets.token_hex(8)}"
+            session = Session(sid, client_name[:200], now, now)
+            self._sessions[sid] = session
+        _log.info("session_opened", session=sid, client=client_name[:200])
+        return session
+
+    def session(self, session_id: str) -> Session:
+        with self._sessions_lock:
+            session = self._sessions.get(session_id)
+        if session is None or session.closed:
+            raise SqlError("SESSION_EXPIRED", f"session {session_id!r} is unknown or expired; open a new session")
+        return session
+
+    def close_session(self, session_id: str) -> None:
+        with self._sessions_lock:
+            session = self._sessions.pop(session_id, None)
+        if session is None:
+            return
+        with session.busy:
+            session.closed = True
+            if session.in_transaction:
+                self._abort_transaction(session, "session closed")
+        _log.info("session_closed", session=session_id)
+
+    def session_count(self) -> int:
+        with self._sessions_lock:
+            return len(self._sessions)
+
+    def _reap_loop(self) -> None:
+        while not self._stop.wait(1.0):
+            now = time.monotonic()
+            with self._sessions_lock:
+                expired = [
+                    s.session_id
+                    for s in self._sessions.values()
+                    if not s.busy.locked()
+                    and now - s.last_used_s > (self.options.transaction_idle_timeout_s if s.in_transaction else self.options.session_idle_timeout_s)
+                ]
+            for sid in expired:
+                _log.info("session_expired", session=sid)
+                self.close_session(sid)
+
+    # ---- execution -------------------------------------------------------------------
+    def execute(self, session_id: str, sql: str, params: Any = None, batch_rows: int = 0) -> Iterator[tuple[list[tuple[str, str]] | None, list[tuple], Outcome | None]]:
+        """Run one statement; yields (columns or None, rows, outcome or None), outcome last."""
+        session = self.session(session_id)
+        self._check_statement(sql, params)
+        if not session.busy.acquire(timeout=self.options.lock_timeout_s):
+            raise SqlError("LOCK_TIMEOUT", "another request of this session is still running")
+        try:
+            session.last_used_s = time.monotonic()
+            word = _first_word(sql)
+            self._refuse_unsupported(word, sql)
+            if word == "BEGIN":
+                yield None, [], self._begin(session, sql)
+            elif word in ("COMMIT", "END"):
+                yield None, [], self._commit(session, sql)
+            elif word == "ROLLBACK" and not _is_savepoint_rollback(sql):
+                yield None, [], self._rollback(session, sql)
+            elif session.in_transaction:
+                yield from self._run_on_writer(session, sql, params, batch_rows, autocommit=False)
+            elif word in ("SAVEPOINT", "RELEASE", "ROLLBACK"):
+                raise SqlError("MISUSE", f"{word} outside a transaction: send BEGIN first")
+            elif word in _WRITE_KEYWORDS or word == "PRAGMA" and "=" in sql:
+                yield from self._run_on_writer(session, sql, params, batch_rows, autocommit=True)
+            else:
+                yield from self._run_autocommit_read(session, sql, params, batch_rows)
+        finally:
+            session.last_used_s = time.monotonic()
+            session.busy.release()
+
+    def execute_many(self, session_id: str, sql: str, param_sets: list[Any]) -> Outcome:
+        session = self.session(session_id)
+        self._check_statement(sql, None)
+        if not session.busy.acquire(timeout=self.options.lock_timeout_s):
+            raise SqlError("LOCK_TIMEOUT", "another request of this session is still running")
+        try:
+            session.last_used_s = time.monotonic()
+            for params in param_sets:
+                self._check_params(params)
+            autocommit = not session.in_transaction
+            self._acquire_writer(session)
+            total = 0
+            try:
+                if autocommit:
+                    # All rows commit together or not at all, like sqlite3's executemany in one transaction.
+                    self._writer.execute("BEGIN")
+                cursor = self._writer.cursor()
+                for params in param_sets:
+                    before = self._writer.total_changes()
+                    for _row in cursor.execute(sql, params):
+                        pass
+                    total += self._writer.total_changes() - before
+                if autocommit:
+                    self._writer.execute("COMMIT")
+            except apsw.Error as exc:
+                if autocommit and self._writer.in_transaction:
+                    self._safe_rollback()
+                raise self._sql_error(exc, session) from None
+            finally:
+                rowid = self._writer.last_insert_rowid()
+                if autocommit:
+                    self._release_writer(session)
+            visible = self.db.last_commit_lsn
+            commit_lsn = visible if autocommit else 0
+            self._wait_durable(visible, session)
+            if commit_lsn:
+                session.last_commit_lsn = max(session.last_commit_lsn, commit_lsn)
+            return Outcome(rows_affected=total, last_insert_rowid=rowid, in_transaction=session.in_transaction, commit_lsn=commit_lsn)
+        finally:
+            session.last_used_s = time.monotonic()
+            session.busy.release()
+
+    # ---- statement kinds ----------------------------------------------------------------
+    def _begin(self, session: Session, sql: str) -> Outcome:
+        if session.in_transaction:
+            raise SqlError("MISUSE", "a transaction is already open in this session", in_transaction=True)
+        self._acquire_writer(session)
+        try:
+            self._writer.execute(sql)
+        except apsw.Error as exc:
+            self._release_writer(session)
+            raise self._sql_error(exc, session) from None
+        session.in_transaction = True
+        self._write_owner = session.session_id
+        return Outcome(in_transaction=True)
+
+    def _commit(self, session: Session, sql: str) -> Outcome:
+        if not session.in_transaction:
+            raise SqlError("MISUSE", "COMMIT with no open transaction")
+        before = self.db.last_commit_lsn
+        try:
+            self._writer.execute(sql)
+        except apsw.Error as exc:
+            error = self._sql_error(exc, session)
+            if self._writer.in_transaction and error.code not in ("VOLUME_FULL", "QUORUM_LOST", "STALE_EPOCH", "UNAVAILABLE", "INTERNAL"):
+                # e.g. a deferred foreign key violation: the transaction stays open, as in SQLite.
+                error.in_transaction = True
+                raise error from None
+            self._end_transaction(session)
+            error.in_transaction = False
+            raise error from None
+        self._end_transaction(session)
+        commit_lsn = self.db.last_commit_lsn
+        if commit_lsn > before:
+            self._wait_durable(commit_lsn, session)
+            session.last_commit_lsn = commit_lsn
+            self.commits += 1
+        return Outcome(commit_lsn=commit_lsn if commit_lsn > before else 0)
+
+    def _rollback(self, session: Session, sql: str) -> Outcome:
+        if not session.in_transaction:
+            raise SqlError("MISUSE", "ROLLBACK with no open transaction")
+        try:
+            self._writer.execute(sql)
+        except apsw.Error as exc:
+            raise self._sql_error(exc, session) from None
+        finally:
+            self._end_transaction(session)
+        return Outcome()
+
+    def _run_autocommit_read(self, session: Session, sql: str, params: Any, batch_rows: int):
+        if session.last_commit_lsn > self.volume.vdl:
+            self._wait_durable(session.last_commit_lsn, session)
+        try:
+            with self.db.snapshot() as conn:
+                read_lsn = self.volume.vdl
+                cursor = conn.cursor()
+                cursor.exec_trace = _one_statement_trace(readonly=True)
+                try:
+                    rows = cursor.execute(sql, params)
+                    columns = self._columns(cursor)
+                except _NeedsWriter:
+                    columns = None
+                if columns is not None:
+                    yield from self._stream(columns, rows if columns else iter(()), batch_rows,
+                                            Outcome(rows_affected=-1, read_lsn=read_lsn))
+                    return
+        except apsw.Error as exc:
+            raise self._sql_error(exc, session) from None
+        # The statement writes: run it on the writer.
+        yield from self._run_on_writer(session, sql, params, batch_rows, autocommit=True)
+
+    def _run_on_writer(self, session: Session, sql: str, params: Any, batch_rows: int, *, autocommit: bool):
+        if autocommit:
+            self._acquire_writer(session)
+        before = self.db.last_commit_lsn
+        rows: list[tuple] = []
+        columns: list[tuple[str, str]] = []
+        try:
+            changes_before = self._writer.total_changes()
+            cursor = self._writer.cursor()
+            cursor.exec_trace = _one_statement_trace(readonly=False)
+            result = cursor.execute(sql, params)
+            columns = self._columns(cursor)
+            size = 0
+            for row in result:
+                size += sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in row)
+                if size > self.options.max_result_bytes:
+                    raise SqlError("TOO_LARGE", f"result exceeds {self.options.max_result_bytes} bytes; add a LIMIT",
+                                   in_transaction=session.in_transaction)
+                rows.append(row)
+            changed = self._writer.total_changes() - changes_before
+            rowid = self._writer.last_insert_rowid()
+        except SqlError:
+            if autocommit and self._writer.in_transaction:
+                self._safe_rollback()
+            raise
+        except apsw.Error as exc:
+            if autocommit and self._writer.in_transaction:
+                self._safe_rollback()
+            raise self._sql_error(exc, session) from None
+        finally:
+            if autocommit:
+                self._release_writer(session)
+                if self.db.writer_needs_reopen:
+                    self._reopen_writer()
+        # Everything this statement read is covered once the VDL reaches the writer's
+        # last commit; for an autocommit write, that includes its own commit.
+        visible = self.db.last_commit_lsn
+        self._wait_durable(visible, session)
+        commit_lsn = visible if autocommit and visible > before else 0
+        if commit_lsn:
+            session.last_commit_lsn = commit_lsn
+            self.commits += 1
+        outcome = Outcome(rows_affected=changed if not columns or changed else -1, last_insert_rowid=rowid,
+                          in_transaction=session.in_transaction, commit_lsn=commit_lsn)
+        yield from self._stream(columns, iter(rows), batch_rows, outcome)
+
+    # ---- helpers --------------------------------------------------------------------------
+    def _stream(self, columns, rows, batch_rows: int, outcome: Outcome):
+        batch_rows = batch_rows or self.options.batch_rows
+        yield columns, [], None
+        batch: list[tuple] = []
+        size = 0
+        for row in rows:
+            batch.append(row)
+            size += sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in row)
+            if len(batch) >= batch_rows or size > 1 << 20:
+                yield None, batch, None
+                batch, size = [], 0
+        yield None, batch, outcome
+
+    @staticmethod
+    def _columns(cursor: apsw.Cursor) -> list[tuple[str, str]]:
+        try:
+            return [(name, decl or "") for name, decl in cursor.get_description()]
+        except apsw.ExecutionCompleteError:
+            return []
+
+    @staticmethod
+    def _refuse_unsupported(word: str, sql: str) -> None:
+        if word in ("ATTACH", "DETACH"):
+            raise SqlError("SQL_ERROR", f"{word} is not supported: a borealdb database is one volume")
+        if word == "PRAGMA":
+            m = _PRAGMA.match(sql)
+            if m and m.group("arg") and m.group("name").lower() not in _PRAGMAS_WITH_ARGUMENTS:
+                raise SqlError("SQL_ERROR", f"PRAGMA {m.group('name')} cannot be changed: borealdb manages the "
+                               f"connection and storage settings (allowed: {', '.join(sorted(_PRAGMAS_WITH_ARGUMENTS))})")
+        if word == "VACUUM" and re.search(r"\bINTO\b", sql, re.I):
+            raise SqlError("SQL_ERROR", "VACUUM INTO is not supported: it writes a file on the instance node")
+
+    def _check_statement(self, sql: str, params: Any) -> None:
+        if not isinstance(sql, str) or not sql.strip():
+            raise SqlError("SYNTAX_ERROR", "empty statement")
+        if len(sql.encode()) > self.options.max_statement_bytes:
+            raise SqlError("TOO_LARGE", f"statement of {len(sql.encode())} bytes exceeds {self.options.max_statement_bytes}")
+        if params is not None:
+            self._check_params(params)
+
+    def _check_params(self, params: Any) -> None:
+        if params is not None and len(params) > self.options.max_parameters:
+            raise SqlError("TOO_LARGE", f"{len(params)} parameters exceed {self.options.max_parameters}")
+
+    def _acquire_writer(self, session: Session) -> None:
+        if self.fenced_reason is not None or self.volume.fenced:
+            raise SqlError("STALE_EPOCH", f"this instance is no longer the writer: {self.fenced_reason or 'fenced by a newer epoch'}")
+        if self.volume.read_only:
+            raise SqlError("READ_ONLY", "the volume is open read-only (no write quorum at recovery)")
+        if not self._write_lock.acquire(timeout=self.options.lock_timeout_s):
+            raise SqlError("LOCK_TIMEOUT", f"waited {self.options.lock_timeout_s:g}s for the write lock "
+                           f"(held by a transaction of another session)")
+
+    def _release_writer(self, session: Session) -> None:
+        self._write_owner = None
+        self._write_lock.release()
+
+    def _end_transaction(self, session: Session) -> None:
+        session.in_transaction = False
+        self._release_writer(session)
+        if self.db.writer_needs_reopen:
+            self._reopen_writer()
+
+    def _abort_transaction(self, session: Session, why: str) -> None:
+        self._safe_rollback()
+        _log.info("transaction_rolled_back", session=session.session_id, reason=why)
+        self._end_transaction(session)
+
+    def _safe_rollback(self) -> None:
+        try:
+            if self._writer.in_transaction:
+                self._writer.execute("ROLLBACK")
+        except apsw.Error as exc:
+            _log.warning("rollback_failed", error=str(exc))
+            self.db.writer_needs_reopen = True
+
+    def _reopen_writer(self) -> None:
+        """After a failed commit SQLite's cache may hold pages that never reached the volume."""
+        try:
+            self._writer.close()
+        except apsw.Error:
+            pass
+        self._writer = self.db.open_writer()
+        _log.info("writer_connection_reopened", vdl=self.volume.vdl)
+
+    def _wait_durable(self, lsn: int, session: Session) -> None:
+        if lsn <= 0:
+            return
+        try:
+            self.volume.wait_durable(lsn, timeout_s=self.options.commit_timeout_s)
+        except StaleEpoch as exc:
+            self._fence(str(exc))
+            raise SqlError("STALE_EPOCH", f"this writer was fenced before LSN {lsn} became durable; outcome unknown: {exc}",
+                           in_transaction=session.in_transaction) from None
+        except (QuorumLost, Unavailable) as exc:
+            raise SqlError("QUORUM_LOST", f"LSN {lsn} is not durable yet (outcome unknown): {exc}",
+                           in_transaction=session.in_transaction) from None
+
+    def _fence(self, reason: str) -> None:
+        if self.fenced_reason is None:
+            self.fenced_reason = reason
+            _log.error("writer_fenced", reason=reason, epoch=self.volume.epoch, vdl=self.volume.vdl)
+
+    def _sql_error(self, exc: apsw.Error, session: Session) -> SqlError:
+        cause = self.db.take_commit_error()
+        in_txn = session.in_transaction and self._writer.in_transaction
+        sqlite_code = getattr(exc, "extendedresult", None)
+        if isinstance(cause, VolumeFull):
+            return SqlError("VOLUME_FULL", str(cause), sqlite_code=sqlite_code, in_transaction=in_txn)
+        if isinstance(cause, StaleEpoch):
+            self._fence(str(cause))
+            return SqlError("STALE_EPOCH", f"this instance is no longer the writer: {cause}", sqlite_code=sqlite_code)
+        if isinstance(cause, QuorumLost):
+            return SqlError("QUORUM_LOST", str(cause), sqlite_code=sqlite_code, in_transaction=in_txn)
+        if cause is not None:
+            return SqlError("UNAVAILABLE", f"storage volume error: {cause}", sqlite_code=sqlite_code, in_transaction=in_txn)
+        message = str(exc)
+        if isinstance(exc, apsw.ConstraintError):
+            code = "CONSTRAINT_VIOLATION"
+        elif isinstance(exc, apsw.BindingsError):
+            code = "BAD_PARAMETERS"
+        elif isinstance(exc, apsw.TooBigError):
+            code = "TOO_LARGE"
+        elif isinstance(exc, apsw.ReadOnlyError):
+            code = "READ_ONLY"
+        elif isinstance(exc, apsw.SQLError) and "syntax error" in message:
+            code = "SYNTAX_ERROR"
+        elif isinstance(exc, (apsw.SQLError, apsw.MismatchError, apsw.RangeError)):
+            code = "SQL_ERROR"
+        elif isinstance(exc, (apsw.IOError, apsw.CorruptError, apsw.FullError)):
+            code = "INTERNAL"
+        else:
+            code = "SQL_ERROR"
+        return SqlError(code, message, sqlite_code=sqlite_code, in_transaction=in_txn)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "epoch": self.volume.epoch,
+            "vdl": self.volume.vdl,
+            "vcl": self.volume.vcl,
+            "fenced": self.fenced_reason is not None or self.volume.fenced,
+            "read_only": self.volume.read_only,
+            "sessions": self.session_count(),
+            "commits": self.commits,
+            "cache_hits": self.db.cache.hits,
+            "cache_misses": self.db.cache.misses,
+        }
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._sessions_lock:
+            sids = list(self._sessions)
+        for sid in sids:
+            self.close_session(sid)
+        self._writer.close()
+        self.db.close()
