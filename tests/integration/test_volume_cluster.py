@@ -239,13 +239,15 @@ def test_bit_flip_is_detected_never_served_and_repaired(cluster, open_volume):
     vol.close(flush_timeout_s=2.0)
 
     victim = cluster.node("s-c1")
+    pg = page // PG_SIZE_PAGES
+    # The writer only waits for 4 of 6 segments: make sure the victim holds the record.
+    wait_until(lambda: segments_of(victim)[pg].scl >= lsn, timeout_s=30, what="s-c1 to hold the marked record")
     victim.stop()
     _flip_byte_in_log(victim.data_dir, marker)
     victim.start()
     victim.wait_ready(timeout_s=30)
 
     stub = node_stub(victim)
-    pg = page // PG_SIZE_PAGES
 
     def read_from_victim():
         seg = segments_of(victim)[pg]
