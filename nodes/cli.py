@@ -5,6 +5,7 @@
     boreal down [--data DIR]                               stop what `up` started
     boreal storage-node --id ID --az AZ --listen H:P --data DIR   run one storage node
     boreal bench volume [...]                              volume benchmark
+    boreal sql [URL] [-c SQL] [-f FILE] [--timer]          SQL shell on the writer (or URL)
 
 Exit codes: 0 success, 1 failure (the message says why), 2 bad arguments,
 130 interrupted. `boreal status` exits 1 when any node is down.
@@ -139,6 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("target", choices=["volume"], help="what to benchmark")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the benchmark")
+
+    p = sub.add_parser(
+        "sql",
+        help="SQL shell: interactive, or run statements (-c) or a script (-f, or stdin)",
+        description="Connect to an instance node and run SQL. Without -c or -f it reads a script "
+        "from stdin when stdin is not a terminal, else starts an interactive shell (.help lists "
+        "its commands). Errors print `Error: MESSAGE`; -c, -f and stdin scripts stop at the "
+        "first error and exit 1.",
+    )
+    p.add_argument("url", nargs="?", metavar="URL",
+                   help="boreal://HOST:PORT/ (default: $BOREAL_URL, else the writer of the local cluster in --data)")
+    p.add_argument("-c", dest="sql_command", metavar="SQL", help="run these statements (separated by ;) and exit")
+    p.add_argument("-f", dest="sql_file", metavar="FILE", help="run the script in FILE (- for stdin) and exit")
+    p.add_argument("--timer", action="store_true", help="print each statement's run time")
+    p.add_argument("--data", default=DEFAULT_DATA, metavar="DIR",
+                   help=f"cluster directory whose writer to use when no URL is given (default: {DEFAULT_DATA})")
     return parser
 
 
@@ -518,10 +535,29 @@ def cmd_bench(target: str, argv: list[str]) -> int:
     return int(rc or 0)
 
 
+# ---- sql -------------------------------------------------------------------------
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from borealdb import shell
+
+    if args.sql_command is not None and args.sql_file is not None:
+        raise CliError("give either -c or -f, not both")
+    url = args.url or os.environ.get("BOREAL_URL") or None
+    if url is None:
+        from borealdb.nodes.cluster.local import ClusterError, load_cluster_state
+
+        try:
+            url = load_cluster_state(args.data).writer_address()
+        except ClusterError as e:
+            raise CliError(f"no URL given and $BOREAL_URL is not set: {e}") from None
+    return shell.main(url, command=args.sql_command, file=args.sql_file, timer=args.timer)
+
+
 # ---- main ------------------------------------------------------------------------
 
 
-COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "storage-node": cmd_storage_node}
+COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "storage-node": cmd_storage_node, "sql": cmd_sql}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

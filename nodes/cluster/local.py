@@ -491,6 +491,16 @@ class ClusterState:
     def running(self) -> list[NodeRecord]:
         return [n for n in self.nodes if n.alive]
 
+    def writer_address(self) -> str:
+        """The address of the running writer instance; ClusterError if there is none."""
+        writers = [n for n in self.nodes if n.role == "writer"]
+        if not writers:
+            raise ClusterError(f"the cluster in {self.base_dir} has no writer instance")
+        for n in writers:
+            if n.alive:
+                return n.address
+        raise ClusterError(f"the writer of the cluster in {self.base_dir} is not running; start it with: boreal up")
+
 
 def state_path(base_dir: str | os.PathLike) -> Path:
     return Path(base_dir) / STATE_FILE
