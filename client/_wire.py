@@ -256,7 +256,8 @@ def _metadata(err: Any) -> dict[str, str]:
     out = {}
     for pair in pairs:
         key, value = pair[0], pair[1]
-        out[str(key).lower()] = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        key = key.decode("ascii", "replace") if isinstance(key, bytes) else str(key)
+        out[key.lower()] = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     return out
 
 
