@@ -34,6 +34,7 @@ from typing import Any, Iterator
 
 import apsw
 
+from borealdb.errors import Error as BorealError
 from borealdb.errors import QuorumLost, StaleEpoch, Unavailable, VolumeFull
 from borealdb.nodes.instance.vfs import VolumeDatabase
 from borealdb.nodes.log import get_logger
@@ -250,7 +251,7 @@ class SqlEngine:
                     total += self._writer.total_changes() - before
                 if autocommit:
                     self._writer.execute("COMMIT")
-            except apsw.Error as exc:
+            except (apsw.Error, BorealError) as exc:
                 if autocommit and self._writer.in_transaction:
                     self._safe_rollback()
                 raise self._sql_error(exc, session) from None
@@ -275,7 +276,7 @@ class SqlEngine:
         self._acquire_writer(session)
         try:
             self._writer.execute(sql)
-        except apsw.Error as exc:
+        except (apsw.Error, BorealError) as exc:
             self._release_writer(session)
             raise self._sql_error(exc, session) from None
         session.in_transaction = True
@@ -288,7 +289,7 @@ class SqlEngine:
         before = self.db.last_commit_lsn
         try:
             self._writer.execute(sql)
-        except apsw.Error as exc:
+        except (apsw.Error, BorealError) as exc:
             error = self._sql_error(exc, session)
             if self._writer.in_transaction and error.code not in ("VOLUME_FULL", "QUORUM_LOST", "STALE_EPOCH", "UNAVAILABLE", "INTERNAL"):
                 # e.g. a deferred foreign key violation: the transaction stays open, as in SQLite.
@@ -310,7 +311,7 @@ class SqlEngine:
             raise SqlError("MISUSE", "ROLLBACK with no open transaction")
         try:
             self._writer.execute(sql)
-        except apsw.Error as exc:
+        except (apsw.Error, BorealError) as exc:
             raise self._sql_error(exc, session) from None
         finally:
             self._end_transaction(session)
@@ -333,7 +334,7 @@ class SqlEngine:
                     yield from self._stream(columns, rows if columns else iter(()), batch_rows,
                                             Outcome(rows_affected=-1, read_lsn=read_lsn))
                     return
-        except apsw.Error as exc:
+        except (apsw.Error, BorealError) as exc:
             raise self._sql_error(exc, session) from None
         # The statement writes: run it on the writer.
         yield from self._run_on_writer(session, sql, params, batch_rows, autocommit=True)
@@ -363,7 +364,7 @@ class SqlEngine:
             if autocommit and self._writer.in_transaction:
                 self._safe_rollback()
             raise
-        except apsw.Error as exc:
+        except (apsw.Error, BorealError) as exc:
             if autocommit and self._writer.in_transaction:
                 self._safe_rollback()
             raise self._sql_error(exc, session) from None
@@ -457,7 +458,7 @@ class SqlEngine:
         try:
             if self._writer.in_transaction:
                 self._writer.execute("ROLLBACK")
-        except apsw.Error as exc:
+        except (apsw.Error, BorealError) as exc:
             _log.warning("rollback_failed", error=str(exc))
             self.db.writer_needs_reopen = True
 
@@ -488,8 +489,12 @@ class SqlEngine:
             self.fenced_reason = reason
             _log.error("writer_fenced", reason=reason, epoch=self.volume.epoch, vdl=self.volume.vdl)
 
-    def _sql_error(self, exc: apsw.Error, session: Session) -> SqlError:
+    def _sql_error(self, exc: BaseException, session: Session) -> SqlError:
+        # A volume error raised inside a VFS call reaches us either as itself (apsw
+        # re-raises it) or as an SQLite I/O error with the cause kept by the VFS.
         cause = self.db.take_commit_error()
+        if isinstance(exc, BorealError):
+            cause = exc
         in_txn = session.in_transaction and self._writer.in_transaction
         sqlite_code = getattr(exc, "extendedresult", None)
         if isinstance(cause, VolumeFull):

@@ -42,7 +42,7 @@ from typing import Any, Iterator
 
 import apsw
 
-from borealdb.errors import InvalidRequest, Unavailable
+from borealdb.errors import InvalidRequest, Unavailable, VolumeFull
 from borealdb.nodes import redo
 from borealdb.nodes.log import get_logger
 from borealdb.nodes.volume.volume import PageChange
@@ -288,6 +288,13 @@ class _WriterFile(_BaseFile):
         if not self.pending:
             return
         pending, self.pending = self.pending, {}
+        limit_pages = self.db.volume.config.max_size_bytes // self.page_size
+        if max(pending) >= limit_pages:
+            self.commit_error = VolumeFull(
+                f"the database needs page {max(pending) + 1} but the volume holds at most {limit_pages} pages "
+                f"({self.db.volume.config.max_size_bytes} bytes)")
+            self.db.writer_needs_reopen = True
+            raise self.commit_error
         changes: list[PageChange] = []
         images: list[tuple[int, bytes]] = []
         for page in sorted(pending):
