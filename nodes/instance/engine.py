@@ -387,17 +387,19 @@ class SqlEngine:
 
     # ---- helpers --------------------------------------------------------------------------
     def _stream(self, columns, rows, batch_rows: int, outcome: Outcome):
+        """Yield (columns, rows, outcome) chunks; a result that fits one batch is one chunk."""
         batch_rows = batch_rows or self.options.batch_rows
-        yield columns, [], None
         batch: list[tuple] = []
         size = 0
+        first = True
         for row in rows:
             batch.append(row)
             size += sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in row)
             if len(batch) >= batch_rows or size > 1 << 20:
-                yield None, batch, None
+                yield (columns if first else None), batch, None
+                first = False
                 batch, size = [], 0
-        yield None, batch, outcome
+        yield (columns if first else None), batch, outcome
 
     @staticmethod
     def _columns(cursor: apsw.Cursor) -> list[tuple[str, str]]:
