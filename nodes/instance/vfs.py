@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import apsw
+from prometheus_client import Counter
 
 from borealdb.errors import InvalidRequest, Unavailable, VolumeFull
 from borealdb.nodes import redo
@@ -51,6 +52,8 @@ _INF = 1 << 64
 _MAIN_DB = apsw.mapping_open_flags["SQLITE_OPEN_MAIN_DB"]
 _vfs_ids = itertools.count(1)
 _log = get_logger(component="vfs")
+M_REDO_BYTES = Counter("boreal_sql_redo_bytes_total", "Redo payload bytes of committed transactions")
+M_COMMIT_GROUPS = Counter("boreal_sql_commit_groups_total", "Transactions committed to the volume")
 
 
 @dataclass
@@ -327,8 +330,11 @@ class _WriterFile(_BaseFile):
             self.db.cache.put_written(page, lsn, data, vdl)
         assert lsn > self.last_commit_lsn, "commit LSNs only grow"
         self.last_commit_lsn = lsn
+        redo_bytes = sum(len(c.payload) for c in changes)
         self.db.commits += 1
-        self.db.redo_bytes += sum(len(c.payload) for c in changes)
+        self.db.redo_bytes += redo_bytes
+        M_COMMIT_GROUPS.inc()
+        M_REDO_BYTES.inc(redo_bytes)
 
 
 class _SnapshotFile(_BaseFile):

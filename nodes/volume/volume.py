@@ -37,7 +37,7 @@ RECORD_OVERHEAD = 64  # bytes of record header we count against byte budgets
 # ---- metrics (module level: one registry entry per process, labelled by volume) -------
 M_COMMITS = Counter("boreal_volume_commits_total", "Atomic groups appended", ["volume"])
 M_RECORDS = Counter("boreal_volume_records_total", "Redo records appended", ["volume"])
-M_BYTES_SENT = Counter("boreal_volume_bytes_sent_total", "Redo payload bytes sent to storage nodes", ["volume"])
+M_BYTES_SENT = Counter("boreal_volume_bytes_sent_total", "Serialized AppendRequest bytes sent to storage nodes (wire bytes less gRPC framing)", ["volume"])
 M_RPC_RECORDS = Histogram(
     "boreal_volume_records_per_append_rpc",
     "Records per Append RPC",
@@ -262,17 +262,17 @@ class _Sender:
         except Exception as exc:  # noqa: BLE001 - a transport that raises instead of failing the future
             fut = cf.Future()
             fut.set_exception(NodeUnavailable(self.address, str(exc)))
-        fut.add_done_callback(lambda f: self._done(batch, f, t0))
+        wire_bytes = req.ByteSize()
+        fut.add_done_callback(lambda f: self._done(batch, f, t0, wire_bytes))
 
-    def _done(self, batch: list[pb.RedoRecord], fut: cf.Future, t0: float) -> None:
+    def _done(self, batch: list[pb.RedoRecord], fut: cf.Future, t0: float, wire_bytes: int = 0) -> None:
         vol = self.vol
         exc = _exception(fut, self.address)
         if exc is None:
             resp = fut.result()
             M_RPC_LATENCY.labels(vol.volume_id).observe(time.monotonic() - t0)
             M_RPC_RECORDS.labels(vol.volume_id).observe(len(batch))
-            if batch:
-                M_BYTES_SENT.labels(vol.volume_id).inc(sum(len(r.payload) for r in batch))
+            M_BYTES_SENT.labels(vol.volume_id).inc(wire_bytes)
             with self.lock:
                 self.inflight -= 1
                 self.failures = 0

@@ -1,0 +1,243 @@
+"""`boreal bench`: single-row INSERT commits through the SQL client, and the same against PostgreSQL.
+
+Every client thread has its own connection and loops on one autocommit
+`INSERT INTO bench_kv(v) VALUES (?)` with a 100-byte value: each statement is a
+transaction that returns only once durable (on borealdb: VDL >= its commit LSN, i.e.
+4 of 6 storage segments have it). Printed per concurrency level: commits/s, p50/p99
+latency and, for borealdb, bytes sent from the writer to storage per commit
+(serialized Append requests to all 6 segments; redo payload alone in brackets).
+
+By default it starts a private cluster (6 storage nodes, 2 per AZ, and a writer) on
+127.0.0.1 in a temporary directory and stops it afterwards. `--url boreal://H:P/`
+uses a running writer instead (add `--metrics H:P` for its byte counts).
+`--target postgresql://...` runs the same workload against PostgreSQL (psycopg 3) in
+the same run and prints borealdb / PostgreSQL ratios.
+
+Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+
+VALUE = "v" * 100
+
+
+@dataclass
+class LevelResult:
+    system: str
+    clients: int
+    commits: int
+    duration_s: float
+    commits_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    wire_bytes_per_commit: float | None = None
+    redo_bytes_per_commit: float | None = None
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
+
+
+def _metrics(address: str | None) -> dict[str, float]:
+    """Sum of each sample name on the Prometheus endpoint at `address`."""
+    if not address:
+        return {}
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as resp:  # loopback only
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
+
+
+def _run_threads(clients: int, duration_s: float, make_conn, insert) -> tuple[list[float], int, float]:
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    conns = [make_conn() for _ in range(clients)]
+    barrier = threading.Barrier(clients + 1)
+    stop_at = [0.0]
+
+    def worker(i: int) -> None:
+        conn, mine = conns[i], latencies[i]
+        barrier.wait()
+        while time.monotonic() < stop_at[0]:
+            t0 = time.perf_counter()
+            try:
+                insert(conn)
+            except Exception as exc:  # noqa: BLE001 - counted and shown once per client
+                errors[i] += 1
+                if errors[i] == 1:
+                    print(f"  client {i}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                continue
+            mine.append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    stop_at[0] = time.monotonic() + duration_s
+    t0 = time.monotonic()
+    barrier.wait()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - t0
+    for c in conns:
+        try:
+            c.close()
+        except Exception:  # noqa: BLE001
+            pass
+    return sorted(x for per in latencies for x in per), sum(errors), elapsed
+
+
+def bench_boreal(url: str, metrics_address: str | None, clients: int, duration_s: float) -> LevelResult:
+    import borealdb
+
+    def make_conn():
+        return borealdb.connect(url, client_name="boreal-bench")
+
+    def insert(conn):
+        conn.cursor().execute("INSERT INTO bench_kv(v) VALUES (?)", (VALUE,))
+
+    before = _metrics(metrics_address)
+    lat, errors, elapsed = _run_threads(clients, duration_s, make_conn, insert)
+    after = _metrics(metrics_address)
+    commits = len(lat)
+    wire = redo = None
+    if before and after and commits:
+        wire = (after.get("boreal_volume_bytes_sent_total", 0) - before.get("boreal_volume_bytes_sent_total", 0)) / commits
+        redo = (after.get("boreal_sql_redo_bytes_total", 0) - before.get("boreal_sql_redo_bytes_total", 0)) / commits
+    return LevelResult("borealdb", clients, commits, round(elapsed, 2), round(commits / elapsed, 1),
+                       round(_percentile(lat, 0.5) * 1000, 2), round(_percentile(lat, 0.99) * 1000, 2), errors,
+                       round(wire, 1) if wire is not None else None, round(redo, 1) if redo is not None else None)
+
+
+def bench_postgres(dsn: str, clients: int, duration_s: float) -> LevelResult:
+    try:
+        import psycopg
+    except ImportError:
+        raise SystemExit("--target postgresql:// needs psycopg 3: pip install 'psycopg[binary]'") from None
+
+    def make_conn():
+        return psycopg.connect(dsn, autocommit=True)
+
+    def insert(conn):
+        conn.execute("INSERT INTO bench_kv(v) VALUES (%s)", (VALUE,))
+
+    lat, errors, elapsed = _run_threads(clients, duration_s, make_conn, insert)
+    commits = len(lat)
+    return LevelResult("postgresql", clients, commits, round(elapsed, 2), round(commits / elapsed, 1),
+                       round(_percentile(lat, 0.5) * 1000, 2), round(_percentile(lat, 0.99) * 1000, 2), errors)
+
+
+def _prepare_boreal(url: str) -> None:
+    import borealdb
+
+    with borealdb.connect(url, client_name="boreal-bench") as conn:
+        cur = conn.cursor()
+        cur.execute("DROP TABLE IF EXISTS bench_kv")
+        cur.execute("CREATE TABLE bench_kv(k INTEGER PRIMARY KEY, v TEXT)")
+    conn.close()
+
+
+def _prepare_postgres(dsn: str) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_kv")
+        conn.execute("CREATE TABLE bench_kv(k bigserial PRIMARY KEY, v text)")
+
+
+def _print_table(results: list[LevelResult]) -> None:
+    header = ["system", "clients", "commits/s", "p50 ms", "p99 ms", "wire B/commit", "redo B/commit", "commits", "errors"]
+    rows = [[r.system, r.clients, r.commits_per_s, r.p50_ms, r.p99_ms,
+             "n/a" if r.wire_bytes_per_commit is None else r.wire_bytes_per_commit,
+             "n/a" if r.redo_bytes_per_commit is None else r.redo_bytes_per_commit, r.commits, r.errors]
+            for r in results]
+    widths = [max(len(str(h)), *(len(str(row[i])) for row in rows)) for i, h in enumerate(header)]
+    print("  ".join(str(h).rjust(w) for h, w in zip(header, widths)))
+    for row in rows:
+        print("  ".join(str(v).rjust(w) for v, w in zip(row, widths)))
+    by = {(r.system, r.clients): r for r in results}
+    ratios = [(c, by[("borealdb", c)].commits_per_s / by[("postgresql", c)].commits_per_s)
+              for (s, c) in by if s == "borealdb" and ("postgresql", c) in by and by[("postgresql", c)].commits_per_s]
+    for clients, ratio in ratios:
+        print(f"borealdb / PostgreSQL at {clients} clients: {ratio:.2f}x")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="boreal bench", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", help="a running writer (boreal://HOST:PORT/); default: start a private cluster")
+    p.add_argument("--metrics", help="HOST:PORT of that writer's metrics endpoint (for bytes per commit)")
+    p.add_argument("--target", help="also run against PostgreSQL at this DSN (postgresql://...)")
+    p.add_argument("--concurrency", default="1,8,32", help="comma-separated connection counts (default: 1,8,32)")
+    p.add_argument("--duration-s", type=float, default=10.0, help="seconds per level (default: 10)")
+    p.add_argument("--json", action="store_true", help="one JSON object per level instead of a table")
+    args = p.parse_args(argv)
+    try:
+        args.levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--concurrency must be comma-separated integers, got {args.concurrency!r}")
+    if not args.levels or min(args.levels) < 1 or max(args.levels) > 512:
+        p.error("--concurrency levels must be between 1 and 512")
+    if args.duration_s <= 0:
+        p.error("--duration-s must be positive")
+    if args.url and not args.url.startswith("boreal://"):
+        p.error("--url must look like boreal://HOST:PORT/")
+    if args.target and not args.target.startswith(("postgresql://", "postgres://")):
+        p.error("--target must be a postgresql:// DSN")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cluster = tmp = None
+    try:
+        url, metrics = args.url, args.metrics
+        if url is None:
+            from borealdb.nodes.cluster.local import LocalCluster
+
+            tmp = tempfile.TemporaryDirectory(prefix="boreal-bench-")
+            print(f"starting a private cluster (6 storage nodes + writer) in {tmp.name} ...", file=sys.stderr)
+            cluster = LocalCluster(tmp.name)
+            cluster.start(timeout_s=120)
+            writer = next(n for n in cluster.nodes if n.role == "writer")
+            url, metrics = f"boreal://{writer.address}/", writer.metrics_address
+        _prepare_boreal(url)
+        if args.target:
+            _prepare_postgres(args.target)
+        results: list[LevelResult] = []
+        for level in args.levels:
+            runs = [bench_boreal(url, metrics, level, args.duration_s)]
+            if args.target:
+                runs.append(bench_postgres(args.target, level, args.duration_s))
+            for r in runs:
+                results.append(r)
+                if args.json:
+                    print(json.dumps(asdict(r)), flush=True)
+        if not args.json:
+            _print_table(results)
+    finally:
+        if cluster is not None:
+            cluster.stop_all()
+        if tmp is not None:
+            tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
