@@ -329,3 +329,23 @@ def test_boreal_sql_command(url):
     assert p.returncode == 1
     assert p.stderr.startswith("Error: ") and "no such table" in p.stderr and "Traceback" not in p.stderr
     assert "(1 row)" in p.stdout
+
+
+# ---- sessions across a writer restart -----------------------------------------------
+
+
+def test_writer_restart_reopens_the_session_or_reports_the_lost_transaction(sql_cluster, conn, table):
+    conn.execute(f"INSERT INTO {table} (name) VALUES ('before')")
+    old_session = conn.session_id
+    sql_cluster.writer.restart()
+    # Outside a transaction: a new session, transparently.
+    assert count(conn, table) == 1
+    assert conn.session_id != old_session
+    conn.begin()
+    conn.execute(f"INSERT INTO {table} (name) VALUES ('lost')")
+    sql_cluster.writer.restart()
+    with pytest.raises(borealdb.SessionExpired):
+        conn.execute(f"INSERT INTO {table} (name) VALUES ('after')")
+    assert not conn.in_transaction
+    conn.rollback()  # nothing open any more: a no-op
+    assert conn.execute(f"SELECT name FROM {table}").fetchall() == [("before",)]
