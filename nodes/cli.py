@@ -1,9 +1,10 @@
 """The `boreal` command: run nodes, start and stop a local cluster, inspect it, benchmark.
 
-    boreal up [--data DIR] [--base-port 7101] [--detach]   start 6 storage nodes (2 per AZ a/b/c)
-    boreal status [--data DIR] [--json]                    nodes, segments, PGCL, VDL hint
-    boreal down [--data DIR]                               stop what `up` started
+    boreal up [--data DIR] [--base-port 7101] [--detach]   start 6 storage nodes (2 per AZ a/b/c) + the writer
+    boreal status [--data DIR] [--json]                    nodes, writer, segments, PGCL, VDL hint
+    boreal down [--data DIR]                               stop what `up` started (instances first)
     boreal storage-node --id ID --az AZ --listen H:P --data DIR   run one storage node
+    boreal instance-node --id ID --az AZ --listen H:P --storage-nodes ID@AZ@H:P,...   run the SQL writer
     boreal bench volume [...]                              volume benchmark
     boreal sql [URL] [-c SQL] [-f FILE] [--timer]          SQL shell on the writer (or URL)
 
@@ -27,10 +28,15 @@ from typing import Any, Sequence
 DEFAULT_DATA = "./boreal-data"
 PROG = "boreal"
 SERVER_MODULE_ENV = "BOREAL_STORAGE_SERVER_MODULE"
+INSTANCE_SERVER_MODULE_ENV = "BOREAL_INSTANCE_SERVER_MODULE"
 
 
 class CliError(Exception):
     """An error reported as `boreal: error: ...` with exit code 1 and no traceback."""
+
+
+class CliUsageError(CliError):
+    """Like CliError, but a usage error: exit code 2."""
 
 
 # ---- argument parsing ----------------------------------------------------------
@@ -47,6 +53,34 @@ def _port(value: str) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 65535 - 200:
         raise argparse.ArgumentTypeError(f"expected a port number between 1 and {65535 - 200}, got {value!r}")
     return int(value)
+
+
+def _storage_nodes(value: str) -> list[tuple[str, str, str]]:
+    """--storage-nodes ID@AZ@HOST:PORT,... -> [(node_id, az, address)]."""
+    example = "e.g. s-a1@a@127.0.0.1:7101,s-a2@a@127.0.0.1:7102"
+    nodes: list[tuple[str, str, str]] = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            raise argparse.ArgumentTypeError(f"empty entry in {value!r}; expected ID@AZ@HOST:PORT,... ({example})")
+        parts = item.split("@")
+        if len(parts) != 3 or not all(parts):
+            raise argparse.ArgumentTypeError(f"{item!r}: expected ID@AZ@HOST:PORT ({example})")
+        node_id, az, address = parts
+        try:
+            _listen_address(address)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"{item!r}: {address!r} is not HOST:PORT ({example})") from None
+        nodes.append((node_id, az, address))
+    ids = [n[0] for n in nodes]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise argparse.ArgumentTypeError(f"storage node id(s) listed twice: {', '.join(dup)}")
+    addrs = [n[2] for n in nodes]
+    dup = sorted({a for a in addrs if addrs.count(a) > 1})
+    if dup:
+        raise argparse.ArgumentTypeError(f"address(es) listed for two storage nodes: {', '.join(dup)}")
+    return nodes
 
 
 def _positive_float(value: str) -> float:
@@ -70,12 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "up",
-        help="start a local cluster: 6 storage nodes, 2 in each of AZs a, b, c",
-        description="Start a local cluster of 6 storage nodes (s-a1, s-a2, s-b1, s-b2, s-c1, s-c2; "
-        "2 per AZ) as processes on 127.0.0.1. Node i listens on BASE_PORT+i (gRPC) and "
-        "BASE_PORT+100+i (Prometheus /metrics). Without --detach it stays in the foreground "
-        "and stops every node on Ctrl-C or SIGTERM; with --detach it returns once every node "
-        "is ready and `boreal down` stops them.",
+        help="start a local cluster: 6 storage nodes, 2 in each of AZs a, b, c, and the SQL writer",
+        description="Start a local cluster as processes on 127.0.0.1: 6 storage nodes (s-a1, s-a2, "
+        "s-b1, s-b2, s-c1, s-c2; 2 per AZ), then, once they are ready, the SQL writer instance "
+        "i-a1 (AZ a) on the volume 'main'. Storage node i listens on BASE_PORT+i (gRPC) and "
+        "BASE_PORT+100+i (Prometheus /metrics); the writer on BASE_PORT+10 and BASE_PORT+110. "
+        "Without --detach it stays in the foreground and stops every node on Ctrl-C or SIGTERM; "
+        "with --detach it returns once every node is ready and `boreal down` stops them. "
+        "Connect with `boreal sql`.",
     )
     p.add_argument("--data", default=DEFAULT_DATA, metavar="DIR",
                    help=f"cluster directory: one sub-directory per node and cluster.json (default: {DEFAULT_DATA})")
@@ -84,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "ports this data dir used last time, else 7101; segments remember their peers' addresses)")
     p.add_argument("--detach", action="store_true", help="return once all nodes are ready; they keep running")
     p.add_argument("--timeout", type=_positive_float, default=60.0, metavar="SECONDS",
-                   help="how long to wait for the nodes to become ready (default: 60)")
+                   help="how long to wait for the storage nodes, then for the writer, to become ready (default: 60)")
+    p.add_argument("--storage-only", action="store_true", help="start the 6 storage nodes but no writer instance")
 
     p = sub.add_parser(
         "down",
@@ -98,9 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "status",
-        help="show nodes (up/down, uptime) and, per volume and PG, each segment's SCL, the PGCL, epoch and VDL hint",
-        description="Ask every node of the cluster in DIR for its NodeStatus and show: each node's "
-        "AZ, address, up/down and uptime; and for every volume and protection group, each "
+        help="show nodes (up/down, uptime), the writer (epoch, VDL, sessions) and, per volume and PG, "
+        "each segment's SCL, the PGCL, epoch and VDL hint",
+        description="Ask every node of the cluster in DIR for its status and show: each storage node's "
+        "AZ, address, up/down and uptime; each instance's role, address, up/down, epoch, VDL and "
+        "open sessions (InstanceStatus); and for every volume and protection group, each "
         "segment's SCL by node, the PGCL (the 4th highest SCL of the 6 segments: the highest "
         "LSN a write quorum holds), the epoch and the VDL hint (highest VDL any segment was "
         "told). Exits 1 if any node is down.",
@@ -131,6 +170,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                    help="set any field of StorageOptions (nodes/storage/engine.py), e.g. "
                    "--option gc_interval_s=1; repeatable")
+
+    p = sub.add_parser(
+        "instance-node",
+        help="run one SQL instance node (the writer) in the foreground (what `boreal up` starts)",
+        description="Run one instance node until SIGTERM or SIGINT: SQLite on the volume --volume, "
+        "stored on the storage nodes --storage-nodes; it recovers the volume, then serves the "
+        "Instance gRPC service (protos/sql.proto) on --listen.",
+    )
+    p.add_argument("--id", required=True, dest="node_id", metavar="ID", help="node id, e.g. i-a1")
+    p.add_argument("--az", required=True, metavar="AZ", help="availability zone, e.g. a")
+    p.add_argument("--role", choices=["writer", "reader"], default="writer",
+                   help="writer (default); reader (read replicas) is not implemented yet")
+    p.add_argument("--listen", required=True, type=_listen_address, metavar="HOST:PORT", help="gRPC address, e.g. 127.0.0.1:7111")
+    p.add_argument("--storage-nodes", required=True, type=_storage_nodes, metavar="ID@AZ@HOST:PORT,...",
+                   help="the storage nodes of the volume, comma-separated, e.g. "
+                   "s-a1@a@127.0.0.1:7101,s-a2@a@127.0.0.1:7102,...")
+    p.add_argument("--volume", default="main", metavar="VOLUME_ID", help="volume id (default: main)")
+    p.add_argument("--metrics-listen", type=_listen_address, metavar="HOST:PORT",
+                   help="serve Prometheus /metrics here (default: no metrics endpoint)")
+    p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                   help="set any field of InstanceOptions (nodes/instance/engine.py); repeatable")
 
     p = sub.add_parser(
         "bench",
@@ -267,55 +327,138 @@ def cmd_storage_node(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- instance-node ---------------------------------------------------------------
+
+
+def _import_serve(env_var: str, default_module: str, what: str, packages: tuple[str, ...]) -> Any:
+    """`serve` of the server module; $env_var (MODULE or MODULE:FUNCTION) substitutes a stand-in."""
+    import importlib
+
+    module_name, _, attr = (os.environ.get(env_var) or default_module).partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr or "serve")
+    except ModuleNotFoundError as e:
+        if e.name in (module_name, *packages):
+            raise CliError(f"the {what} is not part of this build ({module_name} is missing)") from None
+        raise
+
+
+def _parse_options(items: Sequence[str], cls: Any, what: str) -> dict[str, Any]:
+    """NAME=VALUE strings -> keyword arguments for the dataclass `cls` (typed by its defaults)."""
+    import dataclasses
+
+    defaults = {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name, text = name.strip().replace("-", "_"), text.strip()
+        if not sep or not name:
+            raise CliError(f"--option {item!r}: expected NAME=VALUE")
+        if name not in defaults:
+            raise CliError(f"--option {name}: no such {what} option (known: {', '.join(sorted(defaults))})")
+        kind = type(defaults[name])
+        try:
+            if kind is bool:
+                if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(text)
+                out[name] = text.lower() in ("1", "true", "yes")
+            elif kind in (int, float, str):
+                out[name] = kind(text)
+            else:
+                raise CliError(f"--option {name}: cannot be set from the command line")
+        except ValueError:
+            raise CliError(f"--option {name}={text}: expected a {kind.__name__}") from None
+    return out
+
+
+def _instance_options(args: argparse.Namespace) -> Any:
+    if not args.option:
+        return None
+    try:
+        from borealdb.nodes.instance.engine import InstanceOptions
+    except ImportError:
+        raise CliError("this build's instance node takes no options (borealdb.nodes.instance.engine.InstanceOptions is missing)") from None
+    return InstanceOptions(**_parse_options(args.option, InstanceOptions, "instance"))
+
+
+def cmd_instance_node(args: argparse.Namespace) -> int:
+    if args.role == "reader":
+        raise CliUsageError("--role reader: read replicas are not implemented yet; run the writer with --role writer")
+    options = _instance_options(args)
+    from borealdb.protos import storage_pb2
+
+    storage_nodes = [storage_pb2.StorageNodeInfo(node_id=i, az=az, address=a) for i, az, a in args.storage_nodes]
+    serve = _import_serve(INSTANCE_SERVER_MODULE_ENV, "borealdb.nodes.instance.server", "instance node",
+                          ("borealdb.nodes.instance",))
+    _exit_with_parent()
+    serve(args.node_id, args.az, args.listen, storage_nodes, volume_id=args.volume,
+          metrics_listen=args.metrics_listen, options=options)
+    return 0
+
+
 # ---- up / down -------------------------------------------------------------------
 
 
 def _print_nodes(cluster: Any) -> None:
-    rows = [["NODE", "AZ", "ADDRESS", "METRICS", "PID", "LOG"]]
+    rows = [["NODE", "ROLE", "AZ", "ADDRESS", "METRICS", "PID", "LOG"]]
     for n in cluster.nodes:
-        rows.append([n.node_id, n.az, n.address, n.metrics_address or "-", str(n.pid or "-"), str(n.log_path)])
+        rows.append([n.node_id, n.role, n.az, n.address, n.metrics_address or "-", str(n.pid or "-"), str(n.log_path)])
     print(_table(rows))
 
 
 def _previous_base_port(data: Path) -> int | None:
-    """The base port of the cluster last started from `data`, if it used the default layout."""
-    from borealdb.nodes.cluster.local import DEFAULT_TOPOLOGY, ClusterError, load_cluster_state
+    """The base port of the cluster last started from `data`, if it used the default layout
+    (storage nodes on BASE..BASE+5; the writer, if any, on BASE+10)."""
+    from borealdb.nodes.cluster.local import (
+        DEFAULT_INSTANCES,
+        DEFAULT_TOPOLOGY,
+        INSTANCE_PORT_OFFSET,
+        ClusterError,
+        load_cluster_state,
+    )
 
     try:
         state = load_cluster_state(data)
     except ClusterError:
         return None
-    ports = [int(n.address.rpartition(":")[2]) for n in state.nodes if n.address.rpartition(":")[2].isdigit()]
-    ids = [n.node_id for n in state.nodes]
-    if ids != [i for i, _ in DEFAULT_TOPOLOGY] or len(ports) != len(ids):
+
+    def ports_of(records: Any) -> list[int] | None:
+        ports = [n.address.rpartition(":")[2] for n in records]
+        return [int(p) for p in ports] if all(p.isdigit() for p in ports) else None
+
+    storage, instances = state.storage_records(), state.instance_records()
+    ports = ports_of(storage)
+    if [n.node_id for n in storage] != [i for i, _ in DEFAULT_TOPOLOGY] or not ports:
         return None
     if ports != list(range(ports[0], ports[0] + len(ports))):
         return None
+    if instances:
+        if [n.node_id for n in instances] != [i for i, _, _ in DEFAULT_INSTANCES]:
+            return None
+        if ports_of(instances) != [ports[0] + INSTANCE_PORT_OFFSET + j for j in range(len(instances))]:
+            return None
     return ports[0]
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from borealdb.nodes.cluster.local import (
-        DEFAULT_BASE_PORT,
-        DEFAULT_TOPOLOGY,
-        METRICS_PORT_OFFSET,
-        ClusterError,
-        LocalCluster,
-        port_is_free,
-    )
+    from borealdb.nodes.cluster.local import DEFAULT_BASE_PORT, ClusterError, LocalCluster, port_is_free
 
     data = Path(args.data)
     if data.exists() and not data.is_dir():
         raise CliError(f"--data {data}: exists and is not a directory")
     if args.base_port is None:
         args.base_port = _previous_base_port(data) or DEFAULT_BASE_PORT
-    cluster = LocalCluster(data, base_port=args.base_port, exit_with_parent=not args.detach)
+    cluster = LocalCluster(data, base_port=args.base_port, exit_with_parent=not args.detach,
+                           instances=not args.storage_only)
     try:
         cluster.check_not_running()
     except ClusterError as e:
         raise CliError(str(e)) from None
-    n = len(DEFAULT_TOPOLOGY)
-    busy = [p for i in range(n) for p in (args.base_port + i, args.base_port + METRICS_PORT_OFFSET + i) if not port_is_free(p)]
+    n = len(cluster.nodes)
+    n_storage = len(cluster.storage_nodes())
+    writer = None if args.storage_only else cluster.writer()
+    ports = [int(a.rpartition(":")[2]) for nd in cluster.nodes for a in (nd.address, nd.metrics_address) if a]
+    busy = [p for p in ports if not port_is_free(p)]
     if busy:
         raise CliError(f"port(s) {', '.join(map(str, sorted(busy)))} on 127.0.0.1 already in use; choose another --base-port")
 
@@ -323,12 +466,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     if not args.detach:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-    print(f"starting {n} storage nodes in {cluster.base_dir} ...", flush=True)
+    what = f"{n_storage} storage nodes" + (f", then the writer {writer.node_id}," if writer else "")
+    print(f"starting {what} in {cluster.base_dir} ...", flush=True)
     try:
         cluster.start(timeout_s=args.timeout)
     except ClusterError as e:
         raise CliError(f"cluster did not start:\n{e}") from None
     _print_nodes(cluster)
+    if writer is not None:
+        data_flag = "" if args.data == DEFAULT_DATA else f" --data {args.data}"
+        print(f"\nSQL: boreal sql{data_flag}   (or any client: boreal://{writer.address}/)")
     if args.detach:
         cluster.detach()
         print(f"\nall {n} nodes are ready. Status: boreal status --data {args.data}   Stop: boreal down --data {args.data}")
@@ -371,7 +518,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         return 0
     for node, outcome in results:
         how = "stopped" if outcome == "stopped" else "killed (did not stop within the grace period)"
-        print(f"{node.node_id:<8} az {node.az}  {node.address:<21} pid {node.pid:<8} {how}")
+        print(f"{node.node_id:<8} {node.role:<8} az {node.az}  {node.address:<21} pid {node.pid:<8} {how}")
     print(f"stopped {len(results)} node(s); data kept in {data}")
     return 0
 
@@ -406,15 +553,18 @@ def collect_status(data: Path, timeout_s: float = 1.0) -> dict[str, Any]:
     """Query every node of the cluster in `data`; a JSON-ready report."""
     import grpc
 
-    from borealdb.nodes.cluster.local import load_cluster_state
-    from borealdb.protos import storage_pb2, storage_pb2_grpc
+    from borealdb.nodes.cluster.local import INSTANCE_ROLES, load_cluster_state
+    from borealdb.protos import sql_pb2, sql_pb2_grpc, storage_pb2, storage_pb2_grpc
 
     state = load_cluster_state(data)
 
     def ask(rec: Any) -> tuple[Any, Any, str | None]:
         try:
             with grpc.insecure_channel(rec.address) as ch:
-                resp = storage_pb2_grpc.StorageNodeStub(ch).NodeStatus(storage_pb2.NodeStatusRequest(), timeout=timeout_s)
+                if rec.role in INSTANCE_ROLES:
+                    resp = sql_pb2_grpc.InstanceStub(ch).InstanceStatus(sql_pb2.InstanceStatusRequest(), timeout=timeout_s)
+                else:
+                    resp = storage_pb2_grpc.StorageNodeStub(ch).NodeStatus(storage_pb2.NodeStatusRequest(), timeout=timeout_s)
             return rec, resp, None
         except grpc.RpcError as e:
             return rec, None, f"{e.code().name}"
@@ -425,6 +575,21 @@ def collect_status(data: Path, timeout_s: float = 1.0) -> dict[str, Any]:
     nodes = []
     pgs: dict[tuple[str, int], dict[str, Any]] = {}
     for rec, resp, err in answers:
+        if rec.role in INSTANCE_ROLES:
+            nodes.append({
+                "node_id": rec.node_id,
+                "az": rec.az,
+                "role": rec.role,
+                "address": rec.address,
+                "url": f"boreal://{rec.address}/",
+                "up": resp is not None,
+                "error": err,
+                "pid": rec.pid if rec.alive else None,
+                "uptime_ms": resp.uptime_ms if resp else None,
+                **{k: (getattr(resp, k) if resp else None)
+                   for k in ("volume_id", "epoch", "vdl", "vcl", "sessions", "commits", "fenced", "read_only")},
+            })
+            continue
         nodes.append({
             "node_id": rec.node_id,
             "az": rec.az,
@@ -460,17 +625,32 @@ def collect_status(data: Path, timeout_s: float = 1.0) -> dict[str, Any]:
 
 
 def format_status(report: dict[str, Any]) -> str:
+    from borealdb.nodes.cluster.local import INSTANCE_ROLES
+
+    def state_of(n: dict[str, Any]) -> str:
+        return "up" if n["up"] else f"down ({n['error']})" if n["error"] else "down"
+
+    def opt(v: Any, fmt: Any = str) -> str:
+        return fmt(v) if v is not None else "-"
+
+    storage = [n for n in report["nodes"] if n.get("role", "storage") not in INSTANCE_ROLES]
+    instances = [n for n in report["nodes"] if n.get("role", "storage") in INSTANCE_ROLES]
     rows = [["NODE", "AZ", "ADDRESS", "STATE", "UPTIME", "SEGMENTS"]]
-    for n in report["nodes"]:
-        state = "up" if n["up"] else f"down ({n['error']})" if n["error"] else "down"
-        rows.append([n["node_id"], n["az"], n["address"], state,
-                     _uptime(n["uptime_ms"]) if n["uptime_ms"] is not None else "-",
-                     str(n["segments"]) if n["segments"] is not None else "-"])
+    for n in storage:
+        rows.append([n["node_id"], n["az"], n["address"], state_of(n), opt(n["uptime_ms"], _uptime), opt(n["segments"])])
     out = [_table(rows)]
+    if instances:
+        rows = [["INSTANCE", "ROLE", "AZ", "ADDRESS", "STATE", "UPTIME", "EPOCH", "VDL", "SESSIONS"]]
+        for n in instances:
+            role = n["role"] + (" (fenced)" if n.get("fenced") else "")
+            rows.append([n["node_id"], role, n["az"], n["address"], state_of(n), opt(n["uptime_ms"], _uptime),
+                         opt(n.get("epoch")), opt(n.get("vdl")), opt(n.get("sessions"))])
+        out.append("")
+        out.append(_table(rows))
     if not report["pgs"]:
         out.append("\nno segments yet (no volume has been created)")
         return "\n".join(out)
-    node_ids = [n["node_id"] for n in report["nodes"]]
+    node_ids = [n["node_id"] for n in storage]
     for pg in report["pgs"]:
         for m in pg["members"]:
             if m not in node_ids:
@@ -557,7 +737,8 @@ def cmd_sql(args: argparse.Namespace) -> int:
 # ---- main ------------------------------------------------------------------------
 
 
-COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "storage-node": cmd_storage_node, "sql": cmd_sql}
+COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "storage-node": cmd_storage_node, "sql": cmd_sql,
+            "instance-node": cmd_instance_node}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -574,6 +755,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             return cmd_bench(args.target, args.args)
         return COMMANDS[args.command](args)
+    except CliUsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
     except CliError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1

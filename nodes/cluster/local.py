@@ -1,13 +1,17 @@
 """Run a borealdb cluster as local processes: the launcher behind `boreal up` and
 the harness behind every integration test.
 
-    with LocalCluster(tmp_path) as cluster:          # 6 storage nodes, free ports
+    with LocalCluster(tmp_path) as cluster:          # 6 storage nodes + writer i-a1, free ports
         cluster.node("s-a1").kill()
         cluster.node("s-a1").restart()
         infos = cluster.storage_node_infos()         # for the volume client
+        cluster.writer().address                     # the SQL writer instance
+    LocalCluster(tmp_path, instances=False)          # storage nodes only
 
-Every node is a child process (`python -m borealdb.nodes.cli storage-node ...`) in
-its own session and process group, logging to `<data_dir>/node.log`. The cluster
+Every node is a child process (`python -m borealdb.nodes.cli storage-node ...`, or
+`... instance-node ...` for the writer and readers) in its own session and process
+group, logging to `<data_dir>/node.log`. Storage nodes are started (and waited
+for) before instances, and instances are stopped before storage nodes. The cluster
 writes `<base_dir>/cluster.json` (atomically, on every start and restart) so that
 `boreal status`/`boreal down` and other processes can find it.
 
@@ -37,13 +41,19 @@ from typing import Iterable, Sequence
 
 import grpc
 
-from borealdb.protos import storage_pb2, storage_pb2_grpc
+from borealdb.protos import sql_pb2, sql_pb2_grpc, storage_pb2, storage_pb2_grpc
 
 STATE_FILE = "cluster.json"
 STATE_VERSION = 1
 LOG_FILE = "node.log"
 DEFAULT_BASE_PORT = 7101
 METRICS_PORT_OFFSET = 100  # node i: gRPC on base+i, metrics on base+100+i
+INSTANCE_PORT_OFFSET = 10  # instance j: gRPC on base+10+j (the writer: base+10), metrics on base+110+j
+STORAGE_ROLE = "storage"
+WRITER_ROLE = "writer"
+READER_ROLE = "reader"
+INSTANCE_ROLES = (WRITER_ROLE, READER_ROLE)
+DEFAULT_VOLUME = "main"
 DEFAULT_TOPOLOGY: tuple[tuple[str, str], ...] = (
     ("s-a1", "a"),
     ("s-a2", "a"),
@@ -52,6 +62,8 @@ DEFAULT_TOPOLOGY: tuple[tuple[str, str], ...] = (
     ("s-c1", "c"),
     ("s-c2", "c"),
 )
+# The instance nodes LocalCluster adds by default (instances=True): (node_id, az, role).
+DEFAULT_INSTANCES: tuple[tuple[str, str, str], ...] = (("i-a1", "a", WRITER_ROLE),)
 # The child reads this fd; EOF means the parent died and the child terminates itself.
 PARENT_PIPE_ENV = "BOREAL_PARENT_PIPE_FD"
 
@@ -79,7 +91,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True if a server could listen on host:port now. Like gRPC servers, bind with
+    SO_REUSEADDR: connections of a stopped node in TIME_WAIT do not make the port busy,
+    a socket listening on it does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -87,8 +103,10 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
-def find_free_base_port(count: int = len(DEFAULT_TOPOLOGY), host: str = "127.0.0.1", attempts: int = 200) -> int:
-    """A base port B such that B..B+count-1 and the metrics ports B+100.. are free."""
+def find_free_base_port(count: int = INSTANCE_PORT_OFFSET + len(DEFAULT_INSTANCES), host: str = "127.0.0.1",
+                        attempts: int = 200) -> int:
+    """A base port B such that B..B+count-1 and the metrics ports B+100.. are free
+    (the default count covers the default topology: storage B..B+5, writer B+10)."""
     rng = random.Random()
     for _ in range(attempts):
         base = rng.randrange(20000, 60000 - METRICS_PORT_OFFSET - count)
@@ -197,21 +215,33 @@ def _kill_leftovers() -> None:
 
 @dataclass
 class NodeSpec:
-    """What to run. `listen`/`data_dir` left None are filled in by LocalCluster."""
+    """What to run. `listen`/`data_dir` left None are filled in by LocalCluster.
+
+    role: "storage", or "writer"/"reader" for an instance node. An instance has no data
+    of its own (`data_dir` holds its log); it reaches the volume `volume_id` through
+    `storage_nodes`, which LocalCluster fills in from its storage nodes when empty."""
 
     node_id: str
     az: str
-    role: str = "storage"
+    role: str = STORAGE_ROLE
     listen: str | None = None  # "127.0.0.1:PORT"
     data_dir: Path | None = None
     metrics_listen: str | None = None
     extra_args: Sequence[str] = field(default_factory=tuple)
+    storage_nodes: Sequence[storage_pb2.StorageNodeInfo] = field(default_factory=tuple)  # instances only
+    volume_id: str = DEFAULT_VOLUME  # instances only
+
+    @property
+    def is_instance(self) -> bool:
+        return self.role in INSTANCE_ROLES
 
     def command(self) -> list[str]:
-        if self.role != "storage":
-            raise ClusterError(f"node {self.node_id}: role {self.role!r} cannot be launched yet (only 'storage')")
+        if self.role != STORAGE_ROLE and not self.is_instance:
+            raise ClusterError(f"node {self.node_id}: unknown role {self.role!r} (storage, writer or reader)")
         if not self.listen or self.data_dir is None:
             raise ClusterError(f"node {self.node_id}: listen address and data dir are required")
+        if self.is_instance:
+            return self._instance_command()
         cmd = [
             sys.executable,
             "-m",
@@ -229,6 +259,36 @@ class NodeSpec:
         if self.metrics_listen:
             cmd += ["--metrics-listen", self.metrics_listen]
         return cmd + list(self.extra_args)
+
+    def _instance_command(self) -> list[str]:
+        if not self.storage_nodes:
+            raise ClusterError(f"node {self.node_id}: an instance node needs storage nodes")
+        cmd = [
+            sys.executable,
+            "-m",
+            "borealdb.nodes.cli",
+            "instance-node",
+            "--id",
+            self.node_id,
+            "--az",
+            self.az,
+            "--role",
+            self.role,
+            "--listen",
+            self.listen,
+            "--storage-nodes",
+            format_storage_nodes(self.storage_nodes),
+            "--volume",
+            self.volume_id,
+        ]
+        if self.metrics_listen:
+            cmd += ["--metrics-listen", self.metrics_listen]
+        return cmd + list(self.extra_args)
+
+
+def format_storage_nodes(infos: Iterable[storage_pb2.StorageNodeInfo]) -> str:
+    """The --storage-nodes value of `boreal instance-node`: ID@AZ@HOST:PORT,..."""
+    return ",".join(f"{i.node_id}@{i.az}@{i.address}" for i in infos)
 
 
 class Node:
@@ -256,6 +316,11 @@ class Node:
     @property
     def role(self) -> str:
         return self.spec.role
+
+    @property
+    def is_instance(self) -> bool:
+        """A writer or reader instance node (not a storage node)."""
+        return self.spec.is_instance
 
     @property
     def address(self) -> str:
@@ -340,15 +405,30 @@ class Node:
         with self.channel() as ch:
             return storage_pb2_grpc.StorageNodeStub(ch).NodeStatus(storage_pb2.NodeStatusRequest(), timeout=timeout_s)
 
-    def wait_ready(self, timeout_s: float = 30.0) -> storage_pb2.NodeStatusResponse:
-        """Poll NodeStatus until the node answers as itself. Raises NodeStartError if the
-        process exits first (with the tail of its log) or the deadline passes."""
+    def instance_status(self, timeout_s: float = 2.0) -> sql_pb2.InstanceStatusResponse:
+        """One Instance/InstanceStatus RPC to an instance node (raises grpc.RpcError)."""
+        with self.channel() as ch:
+            return sql_pb2_grpc.InstanceStub(ch).InstanceStatus(sql_pb2.InstanceStatusRequest(), timeout=timeout_s)
+
+    def wait_ready(self, timeout_s: float = 30.0) -> storage_pb2.NodeStatusResponse | sql_pb2.InstanceStatusResponse:
+        """Poll NodeStatus (a storage node) or InstanceStatus (an instance, which answers once
+        it has recovered the volume) until the node answers as itself. Raises NodeStartError if
+        the process exits first (with the tail of its log) or the deadline passes."""
         if self._proc is None:
             raise NodeStartError(f"node {self.node_id} was never started")
         deadline = time.monotonic() + timeout_s
         last_error = "no answer yet"
         with self.channel() as ch:
-            stub = storage_pb2_grpc.StorageNodeStub(ch)
+            if self.is_instance:
+                instance_stub = sql_pb2_grpc.InstanceStub(ch)
+
+                def probe(t: float):
+                    return instance_stub.InstanceStatus(sql_pb2.InstanceStatusRequest(), timeout=t)
+            else:
+                storage_stub = storage_pb2_grpc.StorageNodeStub(ch)
+
+                def probe(t: float):
+                    return storage_stub.NodeStatus(storage_pb2.NodeStatusRequest(), timeout=t)
             while True:
                 code = self._proc.poll()
                 if code is not None:
@@ -364,9 +444,14 @@ class Node:
                         f"last lines of {self.log_path}:\n{tail(self.log_path)}"
                     )
                 try:
-                    resp = stub.NodeStatus(storage_pb2.NodeStatusRequest(), timeout=min(1.0, max(0.05, remaining)))
+                    resp = probe(min(1.0, max(0.05, remaining)))
+                    if self.is_instance and not resp.node_id:
+                        last_error = "answered without its node id (still starting)"
+                        resp = None
                 except grpc.RpcError as e:
                     last_error = f"{e.code().name}: {e.details()}"
+                    resp = None
+                if resp is None:
                     # Wait on the process itself: wakes at once if it exits.
                     try:
                         self._proc.wait(timeout=min(0.1, max(0.0, deadline - time.monotonic())))
@@ -482,6 +567,13 @@ class ClusterState:
     def storage_node_infos(self) -> list[storage_pb2.StorageNodeInfo]:
         return [n.info() for n in self.nodes if n.role == "storage"]
 
+    def storage_records(self) -> list[NodeRecord]:
+        return [n for n in self.nodes if n.role not in INSTANCE_ROLES]
+
+    def instance_records(self) -> list[NodeRecord]:
+        """The writer and readers, in topology order."""
+        return [n for n in self.nodes if n.role in INSTANCE_ROLES]
+
     def node(self, node_id: str) -> NodeRecord:
         for n in self.nodes:
             if n.node_id == node_id:
@@ -536,18 +628,35 @@ def _write_atomic(path: Path, data: str) -> None:
 # ---- cluster ----------------------------------------------------------------------
 
 
-TopologyEntry = NodeSpec | tuple[str, str]
+TopologyEntry = NodeSpec | tuple[str, str] | tuple[str, str, str]
+
+
+def _to_spec(entry: TopologyEntry) -> NodeSpec:
+    if isinstance(entry, NodeSpec):
+        return entry
+    if len(entry) == 2:
+        return NodeSpec(entry[0], entry[1])
+    if len(entry) == 3:
+        return NodeSpec(entry[0], entry[1], role=entry[2])
+    raise ClusterError(f"topology entry {entry!r}: expected NodeSpec, (node_id, az) or (node_id, az, role)")
 
 
 class LocalCluster:
     """A set of local node processes sharing `base_dir` (one sub-directory per node).
 
-    topology: NodeSpecs or (node_id, az) pairs; default: s-a1..s-c2, 2 per AZ a/b/c.
-    base_port: node i listens on base_port+i and serves metrics on base_port+100+i;
-      None picks free ports from the OS (what tests use).
+    topology: NodeSpecs, (node_id, az) pairs (storage nodes) or (node_id, az, role) triples;
+      default: s-a1..s-c2, 2 per AZ a/b/c.
+    instances: instance nodes added after `topology`: True (default) adds the writer i-a1
+      in AZ a; False/None adds none (a storage-only cluster); or an iterable of NodeSpecs /
+      (node_id, az, role) triples. Instances connect to every storage node of the cluster.
+    base_port: storage node i listens on base_port+i, instance j (the writer first) on
+      base_port+10+j; metrics on the gRPC port+100. None picks free ports from the OS
+      (what tests use).
     metrics: False starts no metrics endpoints.
     exit_with_parent: children terminate when this process dies (False for `up --detach`).
     storage_args: extra command-line flags for every storage node (e.g. ["--gossip-interval-s", "0.1"]).
+    instance_args: extra command-line flags for every instance node (e.g. ["--option", "x=1"]).
+    volume_id: the volume the instances serve (default "main").
     """
 
     def __init__(
@@ -561,26 +670,54 @@ class LocalCluster:
         exit_with_parent: bool = True,
         storage_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        instances: bool | Iterable[NodeSpec | tuple[str, str, str]] | None = True,
+        instance_args: Sequence[str] = (),
+        volume_id: str = DEFAULT_VOLUME,
     ):
         self.base_dir = Path(base_dir).resolve()
         self.host = host
         self.exit_with_parent = exit_with_parent
         self._state_lock = threading.Lock()
         self._nodes: dict[str, Node] = {}
-        specs = [t if isinstance(t, NodeSpec) else NodeSpec(t[0], t[1]) for t in (topology or DEFAULT_TOPOLOGY)]
+        specs = [_to_spec(t) for t in (topology or DEFAULT_TOPOLOGY)]
+        if instances is True:
+            instances = DEFAULT_INSTANCES
+        specs += [_to_spec(t) for t in (instances or ())]
         if len({s.node_id for s in specs}) != len(specs):
             raise ClusterError("duplicate node ids in topology")
-        for i, spec in enumerate(specs):
+        n_storage = sum(1 for s in specs if not s.is_instance)
+        if base_port is not None and n_storage > INSTANCE_PORT_OFFSET and any(s.is_instance for s in specs):
+            raise ClusterError(f"with a base port, at most {INSTANCE_PORT_OFFSET} storage nodes fit below the instance ports")
+        storage_i = instance_i = 0
+        for spec in specs:
+            if spec.is_instance:
+                offset = INSTANCE_PORT_OFFSET + instance_i
+                instance_i += 1
+            else:
+                offset = storage_i
+                storage_i += 1
             if spec.listen is None:
-                port = base_port + i if base_port is not None else free_port(host)
+                port = base_port + offset if base_port is not None else free_port(host)
                 spec.listen = f"{host}:{port}"
             if spec.metrics_listen is None and metrics:
-                port = base_port + METRICS_PORT_OFFSET + i if base_port is not None else free_port(host)
+                port = base_port + METRICS_PORT_OFFSET + offset if base_port is not None else free_port(host)
                 spec.metrics_listen = f"{host}:{port}"
             if spec.data_dir is None:
                 spec.data_dir = self.base_dir / spec.node_id
-            if storage_args and spec.role == "storage":
+            if storage_args and spec.role == STORAGE_ROLE:
                 spec.extra_args = [*spec.extra_args, *storage_args]
+            if instance_args and spec.is_instance:
+                spec.extra_args = [*spec.extra_args, *instance_args]
+        storage_infos = [storage_pb2.StorageNodeInfo(node_id=s.node_id, az=s.az, address=s.listen)
+                         for s in specs if not s.is_instance]
+        for spec in specs:
+            if spec.is_instance:
+                if not spec.storage_nodes:
+                    if not storage_infos:
+                        raise ClusterError(f"instance {spec.node_id}: the cluster has no storage nodes")
+                    spec.storage_nodes = list(storage_infos)
+                if volume_id != DEFAULT_VOLUME and spec.volume_id == DEFAULT_VOLUME:
+                    spec.volume_id = volume_id
             self._nodes[spec.node_id] = Node(spec, exit_with_parent=exit_with_parent, env=env, on_change=self.write_state)
 
     # -- lookup
@@ -599,6 +736,21 @@ class LocalCluster:
 
     def storage_nodes(self) -> list[Node]:
         return [n for n in self._nodes.values() if n.role == "storage"]
+
+    def instance_nodes(self) -> list[Node]:
+        """The writer and readers, in topology order."""
+        return [n for n in self._nodes.values() if n.is_instance]
+
+    def writer(self) -> Node:
+        """The writer instance node (ClusterError if the cluster has none)."""
+        for n in self._nodes.values():
+            if n.role == WRITER_ROLE:
+                return n
+        raise ClusterError(f"the cluster in {self.base_dir} has no writer (was it made with instances=False?)")
+
+    def writer_url(self) -> str:
+        """boreal://HOST:PORT/ of the writer."""
+        return f"boreal://{self.writer().address}/"
 
     def storage_node_infos(self) -> list[storage_pb2.StorageNodeInfo]:
         return [n.info() for n in self.storage_nodes()]
@@ -624,19 +776,27 @@ class LocalCluster:
             names = ", ".join(f"{n.node_id} (pid {n.pid})" for n in live)
             raise ClusterError(f"a cluster from {self.base_dir} is already running: {names}; stop it with: boreal down --data {self.base_dir}")
 
-    def start_all(self) -> None:
-        """Spawn every node that is not running (returns at once; see wait_all_ready)."""
+    def _select(self, roles: Iterable[str] | None) -> list[Node]:
+        if roles is None:
+            return list(self._nodes.values())
+        roles = set(roles)
+        return [n for n in self._nodes.values() if n.role in roles]
+
+    def start_all(self, roles: Iterable[str] | None = None) -> None:
+        """Spawn every node (of `roles`, default all) that is not running; returns at once
+        (see wait_all_ready). start() is what starts storage before instances."""
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.check_not_running()
         # Spawning is quick; readiness is what takes time, and wait_all_ready waits in parallel.
-        for node in self._nodes.values():
+        for node in self._select(roles):
             if not node.is_running:
                 node.start()
         self.write_state()
 
-    def wait_all_ready(self, timeout_s: float = 60.0) -> None:
-        """Wait for every running node in parallel; on failure raise one error naming each failed node."""
-        nodes = self.running_nodes()
+    def wait_all_ready(self, timeout_s: float = 60.0, roles: Iterable[str] | None = None) -> None:
+        """Wait for every running node (of `roles`, default all) in parallel; on failure raise
+        one error naming each failed node."""
+        nodes = [n for n in self._select(roles) if n.is_running]
         with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
             futures = {n.node_id: pool.submit(n.wait_ready, timeout_s) for n in nodes}
             errors = []
@@ -649,32 +809,39 @@ class LocalCluster:
             raise NodeStartError("\n\n".join(errors))
 
     def start(self, timeout_s: float = 60.0) -> "LocalCluster":
-        """start_all + wait_all_ready; on failure every node is stopped again."""
+        """Start the storage nodes and wait until they are ready, then the instances (whose
+        start-up recovers the volume) and wait for them; each phase gets `timeout_s`. On
+        failure every node is stopped again."""
         try:
-            self.start_all()
-            self.wait_all_ready(timeout_s)
+            self.start_all(roles=(STORAGE_ROLE,))
+            self.wait_all_ready(timeout_s, roles=(STORAGE_ROLE,))
+            if self.instance_nodes():
+                self.start_all(roles=INSTANCE_ROLES)
+                self.wait_all_ready(timeout_s, roles=INSTANCE_ROLES)
         except BaseException:
             self.kill_all()
             raise
         return self
 
     def stop_all(self, grace_s: float = 10.0) -> dict[str, int | None]:
-        """SIGTERM every node at once, SIGKILL what is left after `grace_s`. Returns exit codes."""
-        running = self.running_nodes()
-        for n in running:
-            _signal_group(n.pid, signal.SIGTERM)
-            _signal_group(n.pid, signal.SIGCONT)
+        """Stop the instances, then the storage nodes: SIGTERM each group at once, SIGKILL what
+        is left of it after `grace_s`. Returns exit codes (None: was not started)."""
         codes: dict[str, int | None] = {}
-        deadline = time.monotonic() + grace_s
-        for n in running:
-            try:
-                n._proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for n in self._nodes.values():
-            codes[n.node_id] = n.stop(grace_s=0) if n._proc is not None else None
+        for group in (self.instance_nodes(), [n for n in self._nodes.values() if not n.is_instance]):
+            running = [n for n in group if n.is_running]
+            for n in running:
+                _signal_group(n.pid, signal.SIGTERM)
+                _signal_group(n.pid, signal.SIGCONT)
+            deadline = time.monotonic() + grace_s
+            for n in running:
+                try:
+                    n._proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+            for n in group:
+                codes[n.node_id] = n.stop(grace_s=0) if n._proc is not None else None
         self.write_state()
-        return codes
+        return {n: codes[n] for n in self._nodes}
 
     def kill_all(self) -> None:
         for n in self._nodes.values():
@@ -729,20 +896,22 @@ class LocalCluster:
 def stop_cluster(base_dir: str | os.PathLike, grace_s: float = 10.0) -> list[tuple[NodeRecord, str]]:
     """Stop the nodes named in `<base_dir>/cluster.json` from any process (what `boreal down` does).
 
-    Returns (node, outcome) for each node that was running; outcome is 'stopped' or 'killed'.
-    Raises ClusterStateMissing if there is no state file."""
+    Instances (writer, readers) are stopped first, then the storage nodes, each group with
+    `grace_s`. Returns (node, outcome) for each node that was running, in that order;
+    outcome is 'stopped' or 'killed'. Raises ClusterStateMissing if there is no state file."""
     state = load_cluster_state(base_dir)
-    live = state.running()
-    for n in live:
-        _signal_group(n.pid, signal.SIGTERM)
-        _signal_group(n.pid, signal.SIGCONT)
     results = []
-    deadline = time.monotonic() + grace_s
-    for n in live:
-        if wait_pid_gone(n.pid, max(0.0, deadline - time.monotonic())):
-            results.append((n, "stopped"))
-        else:
-            results.append((n, terminate_pid(n.pid, grace_s=0)))
+    for group in (state.instance_records(), state.storage_records()):
+        live = [n for n in group if n.alive]
+        for n in live:
+            _signal_group(n.pid, signal.SIGTERM)
+            _signal_group(n.pid, signal.SIGCONT)
+        deadline = time.monotonic() + grace_s
+        for n in live:
+            if wait_pid_gone(n.pid, max(0.0, deadline - time.monotonic())):
+                results.append((n, "stopped"))
+            else:
+                results.append((n, terminate_pid(n.pid, grace_s=0)))
     # Record that nothing runs any more.
     raw = json.loads(state_path(base_dir).read_text())
     for n in raw["nodes"]:
@@ -757,13 +926,18 @@ __all__ = [
     "ClusterState",
     "ClusterStateMissing",
     "DEFAULT_BASE_PORT",
+    "DEFAULT_INSTANCES",
     "DEFAULT_TOPOLOGY",
+    "DEFAULT_VOLUME",
+    "INSTANCE_PORT_OFFSET",
+    "INSTANCE_ROLES",
     "LocalCluster",
     "Node",
     "NodeRecord",
     "NodeSpec",
     "NodeStartError",
     "find_free_base_port",
+    "format_storage_nodes",
     "free_port",
     "load_cluster_state",
     "stop_cluster",

@@ -1,8 +1,9 @@
 """`boreal up --detach` / `status` / `down` and foreground `up`, end to end through the
 real command line, on 127.0.0.1 with a free base port and a temporary data dir.
 
-Each test runs against the stand-in server of test_launcher_harness.py ("stand-in")
-and, once it exists, the real storage node ("storage")."""
+Each test runs against the stand-in servers of test_launcher_harness.py ("stand-in"),
+the real storage node with the stand-in writer ("storage"), and, once they exist, the
+real storage node and the real writer instance ("real")."""
 
 from __future__ import annotations
 
@@ -23,24 +24,30 @@ pytestmark = pytest.mark.integration
 
 HERE = Path(__file__).resolve().parent
 NODE_IDS = ["s-a1", "s-a2", "s-b1", "s-b2", "s-c1", "s-c2"]
+ALL_IDS = [*NODE_IDS, "i-a1"]  # the writer i-a1 listens on BASE+10
 
 
-def _has_storage_server() -> bool:
+def _has_module(name: str) -> bool:
     try:
-        return importlib.util.find_spec("borealdb.nodes.storage.server") is not None
+        return importlib.util.find_spec(name) is not None
     except ImportError:
         return False
 
 
-@pytest.fixture(params=["stand-in", "storage"])
+@pytest.fixture(params=["stand-in", "storage", "real"])
 def server_env(request):
     env = dict(os.environ)
     env.pop("BOREAL_STORAGE_SERVER_MODULE", None)
+    env.pop("BOREAL_INSTANCE_SERVER_MODULE", None)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(HERE), env.get("PYTHONPATH")] if p)
     if request.param == "stand-in":
         env["BOREAL_STORAGE_SERVER_MODULE"] = "test_launcher_harness"
-        env["PYTHONPATH"] = os.pathsep.join(p for p in [str(HERE), env.get("PYTHONPATH")] if p)
-    elif not _has_storage_server():
+    elif not _has_module("borealdb.nodes.storage.server"):
         pytest.skip("borealdb.nodes.storage.server does not exist yet")
+    if request.param in ("stand-in", "storage"):
+        env["BOREAL_INSTANCE_SERVER_MODULE"] = "test_launcher_harness:serve_instance"
+    elif not _has_module("borealdb.nodes.instance.server"):
+        pytest.skip("borealdb.nodes.instance.server does not exist yet")
     return env
 
 
@@ -68,22 +75,30 @@ def test_up_detach_status_down(server_env, data_dir):
     assert r.returncode == 0, r.stderr + r.stdout
     for i, node_id in enumerate(NODE_IDS):
         assert node_id in r.stdout and f"127.0.0.1:{base + i}" in r.stdout
+    assert "i-a1" in r.stdout and "writer" in r.stdout
+    assert f"boreal sql --data {data_dir}" in r.stdout and f"boreal://127.0.0.1:{base + 10}/" in r.stdout
     assert "boreal down" in r.stdout
 
     # The nodes outlived the CLI process.
     state = local.load_cluster_state(data_dir)
-    assert [n.node_id for n in state.running()] == NODE_IDS
-    assert [n.address for n in state.nodes] == [f"127.0.0.1:{base + i}" for i in range(6)]
-    assert [n.metrics_address for n in state.nodes] == [f"127.0.0.1:{base + 100 + i}" for i in range(6)]
+    assert [n.node_id for n in state.running()] == ALL_IDS
+    assert [n.address for n in state.nodes] == [f"127.0.0.1:{base + i}" for i in [*range(6), 10]]
+    assert [n.metrics_address for n in state.nodes] == [f"127.0.0.1:{base + 100 + i}" for i in [*range(6), 10]]
+    assert [n.role for n in state.nodes] == ["storage"] * 6 + ["writer"]
+    assert state.writer_address() == f"127.0.0.1:{base + 10}"
 
     r = boreal(server_env, "status", "--data", str(data_dir))
     assert r.returncode == 0, r.stderr + r.stdout
-    assert r.stdout.count(" up ") == 6
+    assert r.stdout.count(" up ") == 7
+    writer_row = next(line for line in r.stdout.splitlines() if line.startswith("i-a1"))
+    assert writer_row.split()[:5] == ["i-a1", "writer", "a", f"127.0.0.1:{base + 10}", "up"]
 
     r = boreal(server_env, "status", "--data", str(data_dir), "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
-    assert [n["node_id"] for n in report["nodes"] if n["up"]] == NODE_IDS
+    assert [n["node_id"] for n in report["nodes"] if n["up"]] == ALL_IDS
+    [writer] = [n for n in report["nodes"] if n["role"] == "writer"]
+    assert writer["epoch"] >= 1 and writer["vdl"] is not None and writer["sessions"] is not None
 
     r = boreal(server_env, "up", "--detach", "--data", str(data_dir), "--base-port", str(base))
     assert r.returncode == 1 and "already running" in r.stderr
@@ -97,7 +112,8 @@ def test_up_detach_status_down(server_env, data_dir):
 
     r = boreal(server_env, "down", "--data", str(data_dir))
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count("stopped") >= 5 and "s-b2" not in r.stdout
+    assert r.stdout.count("stopped") >= 6 and "s-b2" not in r.stdout
+    assert r.stdout.splitlines()[0].startswith("i-a1")  # the writer is stopped first
     assert all(not local.pid_alive(n.pid) for n in state.nodes)
     assert local.load_cluster_state(data_dir).running() == []
 
@@ -118,11 +134,11 @@ def test_foreground_up_stops_everything_on_sigterm(server_env, data_dir):
                 break
         assert any("Press Ctrl-C" in line for line in lines), "".join(lines)
         pids = [n.pid for n in local.load_cluster_state(data_dir).running()]
-        assert len(pids) == 6
+        assert len(pids) == 7
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out
-        assert "stopped 6 node(s)" in out
+        assert "stopped 7 node(s)" in out
         assert not any(local.pid_alive(p) for p in pids)
     finally:
         if proc.poll() is None:
@@ -139,6 +155,25 @@ def test_up_again_reuses_the_ports_of_the_data_dir(server_env, data_dir):
     r = boreal(server_env, "up", "--detach", "--data", str(data_dir))  # no --base-port
     assert r.returncode == 0, r.stderr + r.stdout
     state = local.load_cluster_state(data_dir)
-    assert [n.address for n in state.running()] == [f"127.0.0.1:{base + i}" for i in range(6)]
+    assert [n.address for n in state.running()] == [f"127.0.0.1:{base + i}" for i in [*range(6), 10]]
     r = boreal(server_env, "down", "--data", str(data_dir))
-    assert r.returncode == 0 and r.stdout.count("stopped") >= 6
+    assert r.returncode == 0 and r.stdout.count("stopped") >= 7
+
+
+def test_up_storage_only(server_env, data_dir):
+    base = local.find_free_base_port()
+    r = boreal(server_env, "up", "--detach", "--storage-only", "--data", str(data_dir), "--base-port", str(base))
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "i-a1" not in r.stdout and "boreal sql" not in r.stdout
+    state = local.load_cluster_state(data_dir)
+    assert [n.node_id for n in state.running()] == NODE_IDS
+    r = boreal(server_env, "status", "--data", str(data_dir))
+    assert r.returncode == 0 and "INSTANCE" not in r.stdout
+    # A later `up` with the writer reuses the storage ports and puts the writer on BASE+10.
+    r = boreal(server_env, "down", "--data", str(data_dir))
+    assert r.returncode == 0, r.stderr
+    r = boreal(server_env, "up", "--detach", "--data", str(data_dir))
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert local.load_cluster_state(data_dir).writer_address() == f"127.0.0.1:{base + 10}"
+    r = boreal(server_env, "down", "--data", str(data_dir))
+    assert r.returncode == 0 and r.stdout.count("stopped") >= 7
