@@ -5,7 +5,8 @@
     boreal down [--data DIR]                               stop what `up` started (instances first)
     boreal storage-node --id ID --az AZ --listen H:P --data DIR   run one storage node
     boreal instance-node --id ID --az AZ --listen H:P --storage-nodes ID@AZ@H:P,...   run the SQL writer
-    boreal bench volume [...]                              volume benchmark
+    boreal bench [...]                                     SQL commit benchmark (optionally vs PostgreSQL)
+    boreal bench volume [...]                              storage volume benchmark
     boreal sql [URL] [-c SQL] [-f FILE] [--timer]          SQL shell on the writer (or URL)
 
 Exit codes: 0 success, 1 failure (the message says why), 2 bad arguments,
@@ -194,11 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "bench",
-        help="benchmarks: `boreal bench volume --help`",
-        description="Benchmarks. `boreal bench volume [ARGS...]` runs the volume benchmark "
-        "(borealdb.nodes.volume.bench); see `boreal bench volume --help` for its options.",
+        help="benchmarks: `boreal bench --help` (SQL), `boreal bench volume --help` (storage volume)",
+        description="Benchmarks. `boreal bench [ARGS...]` runs single-row INSERT commits through the SQL "
+        "client (borealdb.nodes.instance.bench); `boreal bench volume [ARGS...]` runs the storage volume "
+        "benchmark (borealdb.nodes.volume.bench). Each has its own --help.",
     )
-    p.add_argument("target", choices=["volume"], help="what to benchmark")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the benchmark")
 
     p = sub.add_parser(
@@ -703,13 +704,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(target: str, argv: list[str]) -> int:
+    """target: "sql" (borealdb.nodes.instance.bench) or "volume" (borealdb.nodes.volume.bench)."""
     import importlib
 
+    module = {"sql": "borealdb.nodes.instance.bench", "volume": "borealdb.nodes.volume.bench"}[target]
     try:
-        bench = importlib.import_module("borealdb.nodes.volume.bench")
+        bench = importlib.import_module(module)
     except ModuleNotFoundError as e:
-        if e.name in ("borealdb.nodes.volume.bench", "borealdb.nodes.volume"):
-            raise CliError("the volume benchmark is not part of this build (borealdb.nodes.volume.bench is missing)") from None
+        if e.name and module.startswith(e.name):
+            raise CliError(f"the {target} benchmark is not part of this build ({module} is missing)") from None
         raise
     rc = bench.main(argv)
     return int(rc or 0)
@@ -745,15 +748,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
-        # `boreal bench volume ...`: every later argument (--help included) belongs to the benchmark.
-        if len(argv) >= 2 and argv[0] == "bench" and argv[1] == "volume":
-            return cmd_bench(argv[1], argv[2:])
+        # `boreal bench [volume] ...`: every later argument (--help included) belongs to the benchmark.
+        if argv and argv[0] == "bench":
+            if len(argv) >= 2 and argv[1] == "volume":
+                return cmd_bench("volume", argv[2:])
+            return cmd_bench("sql", argv[1:])
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
             return 2
-        if args.command == "bench":
-            return cmd_bench(args.target, args.args)
         return COMMANDS[args.command](args)
     except CliUsageError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

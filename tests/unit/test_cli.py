@@ -55,7 +55,6 @@ def test_no_command_prints_help(capsys):
         (["up", "--base-port", "65500"], "expected a port number"),
         (["status", "--timeout", "-1"], "> 0"),
         (["frobnicate"], "invalid choice"),
-        (["bench", "disk"], "invalid choice"),
     ],
 )
 def test_bad_arguments_exit_2_with_message(capsys, argv, message):
@@ -188,3 +187,12 @@ def test_bad_storage_option(option, message):
     pytest.importorskip("borealdb.nodes.storage.engine")
     with pytest.raises(cli.CliError, match=message):
         cli._storage_options(_storage_args("--option", option))
+
+
+def test_bench_without_target_runs_the_sql_benchmark(capsys, monkeypatch):
+    seen = []
+    fake = types.ModuleType("borealdb.nodes.instance.bench")
+    fake.main = lambda argv: seen.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "borealdb.nodes.instance.bench", fake)
+    code, _, _ = run(capsys, "bench", "--concurrency", "1", "--duration-s", "2")
+    assert code == 0 and seen == [["--concurrency", "1", "--duration-s", "2"]]
