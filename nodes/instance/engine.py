@@ -321,8 +321,8 @@ class SqlEngine:
         if session.last_commit_lsn > self.volume.vdl:
             self._wait_durable(session.last_commit_lsn, session)
         try:
-            with self.db.snapshot() as conn:
-                read_lsn = self.volume.vdl
+            read_lsn = self.db.visible_lsn()
+            with self.db.snapshot(read_lsn) as conn:
                 cursor = conn.cursor()
                 cursor.exec_trace = _one_statement_trace(readonly=True)
                 try:

@@ -317,6 +317,9 @@ class _WriterFile(_BaseFile):
             images.append((page, new))
         if not changes:
             return
+        # Acks may make the group durable before its page versions are in the cache:
+        # until they are, snapshots must not read at or above its LSN (visible_lsn()).
+        self.db.publishing = True
         try:
             lsn = self.db.volume.append_group(changes)
         except BaseException as exc:
@@ -324,12 +327,14 @@ class _WriterFile(_BaseFile):
             # the caller reads commit_error to report the real cause (volume full, fenced, ...).
             self.commit_error = exc
             self.db.writer_needs_reopen = True
+            self.db.publishing = False
             raise
         vdl = self.db.volume.vdl
         for page, data in images:
             self.db.cache.put_written(page, lsn, data, vdl)
         assert lsn > self.last_commit_lsn, "commit LSNs only grow"
         self.last_commit_lsn = lsn
+        self.db.publishing = False
         redo_bytes = sum(len(c.payload) for c in changes)
         self.db.commits += 1
         self.db.redo_bytes += redo_bytes
@@ -411,6 +416,7 @@ class VolumeDatabase:
         self.db_name = f"/boreal/{volume.descriptor().volume_id}.db"
         self.writer_file: _WriterFile | None = None
         self.writer_needs_reopen = False
+        self.publishing = False          # a commit group is between append_group and the cache
         self.commits = 0
         self.redo_bytes = 0
         self.sqlite_cache_pages = sqlite_cache_pages
@@ -445,6 +451,14 @@ class VolumeDatabase:
             conn.close()
             raise
         return conn
+
+    def visible_lsn(self) -> int:
+        """The newest read point a snapshot may use: the VDL, but never a commit whose
+        page versions are still being put into the cache."""
+        vdl = self.volume.vdl  # read before the flag: a group issued after this read has a higher LSN
+        if self.publishing:
+            return min(vdl, self.last_commit_lsn)
+        return vdl
 
     @property
     def last_commit_lsn(self) -> int:
@@ -494,7 +508,7 @@ class VolumeDatabase:
                     conn, file = self._snapshots.get(timeout=timeout_s)
                 except queue.Empty:
                     raise Unavailable(f"no snapshot connection free after {timeout_s}s") from None
-        lsn = self.volume.vdl if read_lsn is None else read_lsn
+        lsn = self.visible_lsn() if read_lsn is None else read_lsn
         token = self.volume.register_read_point(lsn)
         try:
             file.read_lsn = lsn
