@@ -318,6 +318,10 @@ class SqlEngine:
         return Outcome()
 
     def _run_autocommit_read(self, session: Session, sql: str, params: Any, batch_rows: int):
+        if self.volume.fenced:
+            # A newer writer owns the volume: this cache may already be stale.
+            self._fence("the volume epoch was raised by a newer writer")
+            raise SqlError("STALE_EPOCH", "this instance is no longer the writer; reconnect to the current writer")
         if session.last_commit_lsn > self.volume.vdl:
             self._wait_durable(session.last_commit_lsn, session)
         try:

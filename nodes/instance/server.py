@@ -199,7 +199,7 @@ def serve(node_id: str, az: str, listen: str, storage_nodes: list, volume_id: st
              recovery_ms=round(rec.duration_ms, 1) if rec else None, startup_ms=round((time.monotonic() - t0) * 1000, 1))
     try:
         while not stop.wait(0.5):
-            if engine.fenced_reason is not None:
+            if engine.fenced_reason is not None or engine.volume.fenced:
                 log.error("instance_fenced_stopping", reason=engine.fenced_reason, epoch=engine.volume.epoch)
                 break
     finally:

@@ -152,3 +152,38 @@ def test_losing_a_whole_az_under_load_is_invisible_to_clients(sql_cluster):
         writers.stop()
     assert writers.errors == [], writers.errors[:5]
     _check_database(url, writers.acked)
+
+
+def test_a_deposed_writer_is_fenced_for_reads_and_writes(sql_cluster, tmp_path):
+    from borealdb.nodes.cluster.local import Node, NodeSpec, free_port
+
+    url, cluster = sql_cluster.url, sql_cluster.cluster
+    _create_table(url)
+    old = _connect(url)
+    cur = old.cursor()
+    cur.execute("INSERT INTO t(txn, i, pad) VALUES (1, 0, 'x')")
+    # A second writer on the same volume: its recovery raises the epoch on every PG.
+    spec = NodeSpec("i-b9", "b", role="writer", listen=f"127.0.0.1:{free_port()}", data_dir=tmp_path / "i-b9",
+                    storage_nodes=cluster.storage_node_infos())
+    new_writer = Node(spec)
+    new_writer.start()
+    try:
+        new_writer.wait_ready(timeout_s=60)
+        # The old writer either answers STALE_EPOCH or has already stopped (its heartbeat
+        # to storage noticed the new epoch): both are refusals, and neither writes.
+        with pytest.raises((borealdb.StaleEpoch, borealdb.Unavailable)):
+            cur.execute("INSERT INTO t(txn, i, pad) VALUES (2, 0, 'y')")
+        with pytest.raises((borealdb.StaleEpoch, borealdb.Unavailable)):
+            cur.execute("SELECT count(*) FROM t")  # its cache may be stale: it must not answer
+        fresh = _connect(f"boreal://{new_writer.address}/")
+        c2 = fresh.cursor()
+        c2.execute("SELECT txn FROM t")
+        assert c2.fetchall() == [(1,)], "the fenced write changed nothing"
+        fresh.close()
+        old_writer = cluster.writer()
+        deadline = time.monotonic() + 30
+        while old_writer.is_running and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not old_writer.is_running, "a fenced writer stops serving"
+    finally:
+        new_writer.stop()
