@@ -27,6 +27,8 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass
 
+from borealdb.nodes.benchutil import percentile, print_table
+
 VALUE = "v" * 100
 
 
@@ -42,12 +44,6 @@ class LevelResult:
     errors: int
     wire_bytes_per_commit: float | None = None
     redo_bytes_per_commit: float | None = None
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
 
 
 def _metrics(address: str | None) -> dict[str, float]:
@@ -121,7 +117,7 @@ def bench_boreal(url: str, metrics_address: str | None, clients: int, duration_s
         wire = (after.get("boreal_volume_bytes_sent_total", 0) - before.get("boreal_volume_bytes_sent_total", 0)) / commits
         redo = (after.get("boreal_sql_redo_bytes_total", 0) - before.get("boreal_sql_redo_bytes_total", 0)) / commits
     return LevelResult("borealdb", clients, commits, round(elapsed, 2), round(commits / elapsed, 1),
-                       round(_percentile(lat, 0.5) * 1000, 2), round(_percentile(lat, 0.99) * 1000, 2), errors,
+                       round(percentile(lat, 0.5) * 1000, 2), round(percentile(lat, 0.99) * 1000, 2), errors,
                        round(wire, 1) if wire is not None else None, round(redo, 1) if redo is not None else None)
 
 
@@ -140,7 +136,7 @@ def bench_postgres(dsn: str, clients: int, duration_s: float) -> LevelResult:
     lat, errors, elapsed = _run_threads(clients, duration_s, make_conn, insert)
     commits = len(lat)
     return LevelResult("postgresql", clients, commits, round(elapsed, 2), round(commits / elapsed, 1),
-                       round(_percentile(lat, 0.5) * 1000, 2), round(_percentile(lat, 0.99) * 1000, 2), errors)
+                       round(percentile(lat, 0.5) * 1000, 2), round(percentile(lat, 0.99) * 1000, 2), errors)
 
 
 def _prepare_boreal(url: str) -> None:
@@ -167,10 +163,7 @@ def _print_table(results: list[LevelResult]) -> None:
              "n/a" if r.wire_bytes_per_commit is None else r.wire_bytes_per_commit,
              "n/a" if r.redo_bytes_per_commit is None else r.redo_bytes_per_commit, r.commits, r.errors]
             for r in results]
-    widths = [max(len(str(h)), *(len(str(row[i])) for row in rows)) for i, h in enumerate(header)]
-    print("  ".join(str(h).rjust(w) for h, w in zip(header, widths)))
-    for row in rows:
-        print("  ".join(str(v).rjust(w) for v, w in zip(row, widths)))
+    print_table(header, rows)
     by = {(r.system, r.clients): r for r in results}
     ratios = [(c, by[("borealdb", c)].commits_per_s / by[("postgresql", c)].commits_per_s)
               for (s, c) in by if s == "borealdb" and ("postgresql", c) in by and by[("postgresql", c)].commits_per_s]

@@ -30,6 +30,7 @@ from pathlib import Path
 from prometheus_client import REGISTRY
 
 from borealdb.nodes import redo
+from borealdb.nodes.benchutil import percentile, print_table
 
 
 @dataclass
@@ -49,13 +50,6 @@ class BenchResult:
 def _sample(name: str, volume_id: str) -> float:
     value = REGISTRY.get_sample_value(name, {"volume": volume_id})
     return float(value or 0.0)
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[index]
 
 
 def _delta_payload(rng: random.Random, payload_bytes: int, page_size: int) -> bytes:
@@ -114,8 +108,8 @@ def run_level(volume, *, concurrency: int, duration_s: float, records_per_commit
         commits=len(all_lat),
         duration_s=round(elapsed_s, 2),
         commits_per_s=round(len(all_lat) / elapsed_s, 1),
-        p50_ms=round(_percentile(all_lat, 0.50) * 1000, 2),
-        p99_ms=round(_percentile(all_lat, 0.99) * 1000, 2),
+        p50_ms=round(percentile(all_lat, 0.50) * 1000, 2),
+        p99_ms=round(percentile(all_lat, 0.99) * 1000, 2),
         records_per_commit=records_per_commit,
         records_per_rpc=round(rpc_records / rpcs, 2) if rpcs else 0.0,
         wire_bytes_per_record=round(wire / records, 1) if records else 0.0,
@@ -129,10 +123,7 @@ def _print_table(results: list[BenchResult]) -> None:
         [r.concurrency, r.commits_per_s, r.p50_ms, r.p99_ms, r.records_per_commit, r.records_per_rpc, r.wire_bytes_per_record, r.commits, r.errors]
         for r in results
     ]
-    widths = [max(len(str(h)), *(len(str(row[i])) for row in rows)) for i, h in enumerate(header)]
-    print("  ".join(str(h).rjust(w) for h, w in zip(header, widths)))
-    for row in rows:
-        print("  ".join(str(v).rjust(w) for v, w in zip(row, widths)))
+    print_table(header, rows)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
