@@ -7,6 +7,7 @@
     boreal instance-node --id ID --az AZ --listen H:P --storage-nodes ID@AZ@H:P,...   run the SQL writer
     boreal bench [...]                                     SQL commit benchmark (optionally vs PostgreSQL)
     boreal bench volume [...]                              storage volume benchmark
+    boreal bench lag [...]                                 read replica lag and replica SELECTs/s
     boreal sql [URL] [-c SQL] [-f FILE] [--timer]          SQL shell on the writer (or URL)
 
 Exit codes: 0 success, 1 failure (the message says why), 2 bad arguments,
@@ -182,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", required=True, dest="node_id", metavar="ID", help="node id, e.g. i-a1")
     p.add_argument("--az", required=True, metavar="AZ", help="availability zone, e.g. a")
     p.add_argument("--role", choices=["writer", "reader"], default="writer",
-                   help="writer (default); reader (read replicas) is not implemented yet")
+                   help="writer (default) or reader (a read replica: needs --writer)")
+    p.add_argument("--writer", type=_listen_address, metavar="HOST:PORT",
+                   help="reader only: the writer instance whose redo stream it follows")
     p.add_argument("--listen", required=True, type=_listen_address, metavar="HOST:PORT", help="gRPC address, e.g. 127.0.0.1:7111")
     p.add_argument("--storage-nodes", required=True, type=_storage_nodes, metavar="ID@AZ@HOST:PORT,...",
                    help="the storage nodes of the volume, comma-separated, e.g. "
@@ -383,8 +386,10 @@ def _instance_options(args: argparse.Namespace) -> Any:
 
 
 def cmd_instance_node(args: argparse.Namespace) -> int:
-    if args.role == "reader":
-        raise CliUsageError("--role reader: read replicas are not implemented yet; run the writer with --role writer")
+    if args.role == "reader" and not args.writer:
+        raise CliUsageError("--role reader needs --writer HOST:PORT (the writer instance to follow)")
+    if args.role == "writer" and args.writer:
+        raise CliUsageError("--writer is for --role reader only")
     options = _instance_options(args)
     from borealdb.protos import storage_pb2
 
@@ -392,8 +397,9 @@ def cmd_instance_node(args: argparse.Namespace) -> int:
     serve = _import_serve(INSTANCE_SERVER_MODULE_ENV, "borealdb.nodes.instance.server", "instance node",
                           ("borealdb.nodes.instance",))
     _exit_with_parent()
+    extra = {"role": "reader", "writer": args.writer} if args.role == "reader" else {}
     serve(args.node_id, args.az, args.listen, storage_nodes, volume_id=args.volume,
-          metrics_listen=args.metrics_listen, options=options)
+          metrics_listen=args.metrics_listen, options=options, **extra)
     return 0
 
 
@@ -414,6 +420,7 @@ def _previous_base_port(data: Path) -> int | None:
         DEFAULT_INSTANCES,
         DEFAULT_TOPOLOGY,
         INSTANCE_PORT_OFFSET,
+        UP_INSTANCES,
         ClusterError,
         load_cluster_state,
     )
@@ -434,7 +441,8 @@ def _previous_base_port(data: Path) -> int | None:
     if ports != list(range(ports[0], ports[0] + len(ports))):
         return None
     if instances:
-        if [n.node_id for n in instances] != [i for i, _, _ in DEFAULT_INSTANCES]:
+        ids = [n.node_id for n in instances]
+        if ids not in ([i for i, _, _ in DEFAULT_INSTANCES], [i for i, _, _ in UP_INSTANCES]):
             return None
         if ports_of(instances) != [ports[0] + INSTANCE_PORT_OFFSET + j for j in range(len(instances))]:
             return None
@@ -449,8 +457,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise CliError(f"--data {data}: exists and is not a directory")
     if args.base_port is None:
         args.base_port = _previous_base_port(data) or DEFAULT_BASE_PORT
+    from borealdb.nodes.cluster.local import UP_INSTANCES
+
     cluster = LocalCluster(data, base_port=args.base_port, exit_with_parent=not args.detach,
-                           instances=not args.storage_only)
+                           instances=() if args.storage_only else UP_INSTANCES)
     try:
         cluster.check_not_running()
     except ClusterError as e:
@@ -467,7 +477,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     if not args.detach:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-    what = f"{n_storage} storage nodes" + (f", then the writer {writer.node_id}," if writer else "")
+    readers = ", ".join(n.node_id for n in cluster.readers())
+    what = f"{n_storage} storage nodes" + (f", then the writer {writer.node_id}," if writer else "") + (
+        f" and the read replicas {readers}," if readers else "")
     print(f"starting {what} in {cluster.base_dir} ...", flush=True)
     try:
         cluster.start(timeout_s=args.timeout)
@@ -588,7 +600,11 @@ def collect_status(data: Path, timeout_s: float = 1.0) -> dict[str, Any]:
                 "pid": rec.pid if rec.alive else None,
                 "uptime_ms": resp.uptime_ms if resp else None,
                 **{k: (getattr(resp, k) if resp else None)
-                   for k in ("volume_id", "epoch", "vdl", "vcl", "sessions", "commits", "fenced", "read_only")},
+                   for k in ("volume_id", "epoch", "vdl", "vcl", "sessions", "commits", "fenced", "read_only",
+                             "replica_lag_lsn", "replica_lag_ms", "read_lsn", "writer_address", "stream_connected")},
+                "replicas": [{"node_id": r.node_id, "az": r.az, "address": r.address, "applied_lsn": r.applied_lsn,
+                              "lag_lsn": r.lag_lsn, "lag_ms": round(r.lag_ms, 2), "min_read_point": r.min_read_point}
+                             for r in resp.replicas] if resp else None,
             })
             continue
         nodes.append({
@@ -641,11 +657,16 @@ def format_status(report: dict[str, Any]) -> str:
         rows.append([n["node_id"], n["az"], n["address"], state_of(n), opt(n["uptime_ms"], _uptime), opt(n["segments"])])
     out = [_table(rows)]
     if instances:
-        rows = [["INSTANCE", "ROLE", "AZ", "ADDRESS", "STATE", "UPTIME", "EPOCH", "VDL", "SESSIONS"]]
+        rows = [["INSTANCE", "ROLE", "AZ", "ADDRESS", "STATE", "UPTIME", "EPOCH", "VDL", "SESSIONS", "REPLICA_LAG"]]
         for n in instances:
             role = n["role"] + (" (fenced)" if n.get("fenced") else "")
+            lag = "-"
+            if n["role"] == "reader" and n.get("up"):
+                lag = f"{n.get('replica_lag_lsn') or 0} lsn / {n.get('replica_lag_ms') or 0:.1f} ms"
+                if not n.get("stream_connected"):
+                    lag += " (no stream)"
             rows.append([n["node_id"], role, n["az"], n["address"], state_of(n), opt(n["uptime_ms"], _uptime),
-                         opt(n.get("epoch")), opt(n.get("vdl")), opt(n.get("sessions"))])
+                         opt(n.get("epoch")), opt(n.get("vdl")), opt(n.get("sessions")), lag])
         out.append("")
         out.append(_table(rows))
     if not report["pgs"]:
@@ -704,10 +725,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(target: str, argv: list[str]) -> int:
-    """target: "sql" (borealdb.nodes.instance.bench) or "volume" (borealdb.nodes.volume.bench)."""
+    """target: "sql" (borealdb.nodes.instance.bench), "volume" (borealdb.nodes.volume.bench) or "lag"
+    (borealdb.nodes.instance.lag_bench: read replica lag and replica reads)."""
     import importlib
 
-    module = {"sql": "borealdb.nodes.instance.bench", "volume": "borealdb.nodes.volume.bench"}[target]
+    module = {"sql": "borealdb.nodes.instance.bench", "volume": "borealdb.nodes.volume.bench",
+              "lag": "borealdb.nodes.instance.lag_bench"}[target]
     try:
         bench = importlib.import_module(module)
     except ModuleNotFoundError as e:
@@ -752,6 +775,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] == "bench":
             if len(argv) >= 2 and argv[1] == "volume":
                 return cmd_bench("volume", argv[2:])
+            if len(argv) >= 2 and argv[1] == "lag":
+                return cmd_bench("lag", argv[2:])
             return cmd_bench("sql", argv[1:])
         args = parser.parse_args(argv)
         if args.command is None:

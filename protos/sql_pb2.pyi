@@ -187,7 +187,7 @@ class InstanceStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InstanceStatusResponse(_message.Message):
-    __slots__ = ("node_id", "az", "role", "epoch", "vdl", "vcl", "fenced", "read_only", "sessions", "commits", "uptime_ms", "volume_id")
+    __slots__ = ("node_id", "az", "role", "epoch", "vdl", "vcl", "fenced", "read_only", "sessions", "commits", "uptime_ms", "volume_id", "replica_lag_lsn", "replica_lag_ms", "replicas", "writer_address", "stream_connected", "read_lsn")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     AZ_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -200,6 +200,12 @@ class InstanceStatusResponse(_message.Message):
     COMMITS_FIELD_NUMBER: _ClassVar[int]
     UPTIME_MS_FIELD_NUMBER: _ClassVar[int]
     VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_LAG_LSN_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_LAG_MS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    WRITER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    READ_LSN_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     az: str
     role: str
@@ -212,4 +218,28 @@ class InstanceStatusResponse(_message.Message):
     commits: int
     uptime_ms: int
     volume_id: str
-    def __init__(self, node_id: _Optional[str] = ..., az: _Optional[str] = ..., role: _Optional[str] = ..., epoch: _Optional[int] = ..., vdl: _Optional[int] = ..., vcl: _Optional[int] = ..., fenced: _Optional[bool] = ..., read_only: _Optional[bool] = ..., sessions: _Optional[int] = ..., commits: _Optional[int] = ..., uptime_ms: _Optional[int] = ..., volume_id: _Optional[str] = ...) -> None: ...
+    replica_lag_lsn: int
+    replica_lag_ms: float
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
+    writer_address: str
+    stream_connected: bool
+    read_lsn: int
+    def __init__(self, node_id: _Optional[str] = ..., az: _Optional[str] = ..., role: _Optional[str] = ..., epoch: _Optional[int] = ..., vdl: _Optional[int] = ..., vcl: _Optional[int] = ..., fenced: _Optional[bool] = ..., read_only: _Optional[bool] = ..., sessions: _Optional[int] = ..., commits: _Optional[int] = ..., uptime_ms: _Optional[int] = ..., volume_id: _Optional[str] = ..., replica_lag_lsn: _Optional[int] = ..., replica_lag_ms: _Optional[float] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., writer_address: _Optional[str] = ..., stream_connected: _Optional[bool] = ..., read_lsn: _Optional[int] = ...) -> None: ...
+
+class ReplicaStatus(_message.Message):
+    __slots__ = ("node_id", "az", "address", "applied_lsn", "lag_lsn", "lag_ms", "min_read_point")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    AZ_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_LSN_FIELD_NUMBER: _ClassVar[int]
+    LAG_LSN_FIELD_NUMBER: _ClassVar[int]
+    LAG_MS_FIELD_NUMBER: _ClassVar[int]
+    MIN_READ_POINT_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    az: str
+    address: str
+    applied_lsn: int
+    lag_lsn: int
+    lag_ms: float
+    min_read_point: int
+    def __init__(self, node_id: _Optional[str] = ..., az: _Optional[str] = ..., address: _Optional[str] = ..., applied_lsn: _Optional[int] = ..., lag_lsn: _Optional[int] = ..., lag_ms: _Optional[float] = ..., min_read_point: _Optional[int] = ...) -> None: ...

@@ -64,6 +64,9 @@ DEFAULT_TOPOLOGY: tuple[tuple[str, str], ...] = (
 )
 # The instance nodes LocalCluster adds by default (instances=True): (node_id, az, role).
 DEFAULT_INSTANCES: tuple[tuple[str, str, str], ...] = (("i-a1", "a", WRITER_ROLE),)
+# What `boreal up` starts: the writer in AZ a and a read replica in each of AZs b and c.
+UP_INSTANCES: tuple[tuple[str, str, str], ...] = (
+    ("i-a1", "a", WRITER_ROLE), ("i-b1", "b", READER_ROLE), ("i-c1", "c", READER_ROLE))
 # The child reads this fd; EOF means the parent died and the child terminates itself.
 PARENT_PIPE_ENV = "BOREAL_PARENT_PIPE_FD"
 
@@ -103,10 +106,10 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
-def find_free_base_port(count: int = INSTANCE_PORT_OFFSET + len(DEFAULT_INSTANCES), host: str = "127.0.0.1",
+def find_free_base_port(count: int = INSTANCE_PORT_OFFSET + len(UP_INSTANCES), host: str = "127.0.0.1",
                         attempts: int = 200) -> int:
     """A base port B such that B..B+count-1 and the metrics ports B+100.. are free
-    (the default count covers the default topology: storage B..B+5, writer B+10)."""
+    (the default count covers what `boreal up` starts: storage B..B+5, writer B+10, readers B+11, B+12)."""
     rng = random.Random()
     for _ in range(attempts):
         base = rng.randrange(20000, 60000 - METRICS_PORT_OFFSET - count)
@@ -230,6 +233,7 @@ class NodeSpec:
     extra_args: Sequence[str] = field(default_factory=tuple)
     storage_nodes: Sequence[storage_pb2.StorageNodeInfo] = field(default_factory=tuple)  # instances only
     volume_id: str = DEFAULT_VOLUME  # instances only
+    writer: str | None = None  # readers only: the writer's HOST:PORT (LocalCluster fills it in)
 
     @property
     def is_instance(self) -> bool:
@@ -283,6 +287,10 @@ class NodeSpec:
         ]
         if self.metrics_listen:
             cmd += ["--metrics-listen", self.metrics_listen]
+        if self.role == READER_ROLE:
+            if not self.writer:
+                raise ClusterError(f"node {self.node_id}: a reader needs the writer's address")
+            cmd += ["--writer", self.writer]
         return cmd + list(self.extra_args)
 
 
@@ -718,6 +726,11 @@ class LocalCluster:
                     spec.storage_nodes = list(storage_infos)
                 if volume_id != DEFAULT_VOLUME and spec.volume_id == DEFAULT_VOLUME:
                     spec.volume_id = volume_id
+                if spec.role == READER_ROLE and not spec.writer:
+                    writers = [w.listen for w in specs if w.role == WRITER_ROLE]
+                    if not writers:
+                        raise ClusterError(f"reader {spec.node_id}: the cluster has no writer to follow")
+                    spec.writer = writers[0]
             self._nodes[spec.node_id] = Node(spec, exit_with_parent=exit_with_parent, env=env, on_change=self.write_state)
 
     # -- lookup
@@ -747,6 +760,10 @@ class LocalCluster:
             if n.role == WRITER_ROLE:
                 return n
         raise ClusterError(f"the cluster in {self.base_dir} has no writer (was it made with instances=False?)")
+
+    def readers(self) -> list[Node]:
+        """The read replica instance nodes, in topology order."""
+        return [n for n in self._nodes.values() if n.role == READER_ROLE]
 
     def writer_url(self) -> str:
         """boreal://HOST:PORT/ of the writer."""
@@ -927,6 +944,7 @@ __all__ = [
     "ClusterStateMissing",
     "DEFAULT_BASE_PORT",
     "DEFAULT_INSTANCES",
+    "UP_INSTANCES",
     "DEFAULT_TOPOLOGY",
     "DEFAULT_VOLUME",
     "INSTANCE_PORT_OFFSET",

@@ -138,7 +138,7 @@ class SqlEngine:
         self.volume = db.volume
         self.node_id = node_id
         self.options = options or InstanceOptions()
-        self._writer = db.open_writer()
+        self._writer = self._open_writer()
         self._write_lock = threading.Lock()
         self._write_owner: str | None = None     # session id holding the lock across statements
         self._sessions: dict[str, Session] = {}
@@ -149,6 +149,10 @@ class SqlEngine:
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap_loop, name="session-reaper", daemon=True)
         self._reaper.start()
+
+    def _open_writer(self) -> apsw.Connection:
+        """The writer connection (a read replica's engine overrides this: it has none)."""
+        return self.db.open_writer()
 
     # ---- sessions ------------------------------------------------------------------
     def open_session(self, client_name: str = "") -> Session:

@@ -20,12 +20,14 @@ import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 from borealdb.nodes.instance.engine import InstanceOptions, SqlEngine, SqlError
+from borealdb.nodes.instance.replica import ReaderEngine, RedoPublisher, ReplicaDatabase, ReplicaFollower
 from borealdb.nodes.instance.vfs import VolumeDatabase
 from borealdb.nodes.log import configure_logging
 from borealdb.nodes.metrics import start_metrics_server
 from borealdb.nodes.rpc import SERVER_OPTIONS
 from borealdb.nodes.volume.transport import GrpcTransport
 from borealdb.nodes.volume.volume import Volume, VolumeConfig
+from borealdb.protos import replica_pb2_grpc as rpbg
 from borealdb.protos import sql_pb2 as pb
 from borealdb.protos import sql_pb2_grpc as pbg
 
@@ -92,6 +94,7 @@ class InstanceService(pbg.InstanceServicer):
         self.az = az
         self.role = role
         self.started_s = time.monotonic()
+        self.publisher = None  # the writer's replica.RedoPublisher (for the list of its replicas)
 
     def _abort(self, context: grpc.ServicerContext, err: SqlError) -> None:
         M_STATEMENTS.labels(err.code).inc()
@@ -155,6 +158,10 @@ class InstanceService(pbg.InstanceServicer):
             node_id=self.node_id, az=self.az, role=self.role, epoch=st["epoch"], vdl=st["vdl"], vcl=st["vcl"],
             fenced=st["fenced"], read_only=st["read_only"], sessions=st["sessions"], commits=st["commits"],
             uptime_ms=int((time.monotonic() - self.started_s) * 1000), volume_id=self.engine.volume.volume_id,
+            replica_lag_lsn=st.get("replica_lag_lsn", 0), replica_lag_ms=st.get("replica_lag_ms", 0.0),
+            writer_address=st.get("writer_address", ""), stream_connected=st.get("stream_connected", False),
+            read_lsn=st.get("read_lsn", 0),
+            replicas=[pb.ReplicaStatus(**r) for r in (self.publisher.replicas() if self.publisher else ())],
         )
 
 
@@ -168,9 +175,13 @@ def start_instance(node_id: str, az: str, listen: str, storage_nodes: list, *, v
     db = VolumeDatabase(volume, cache_capacity_bytes=options.cache_capacity_bytes,
                         snapshot_pool_size=options.snapshot_pool_size)
     engine = SqlEngine(db, node_id=node_id, options=options)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=options.grpc_workers, thread_name_prefix="sql"),
+    # Read replicas: up to 15 redo streams, each holding one worker thread (plus its report reader).
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=options.grpc_workers + 16, thread_name_prefix="sql"),
                          options=SERVER_OPTIONS, maximum_concurrent_rpcs=options.grpc_workers * 4)
-    pbg.add_InstanceServicer_to_server(InstanceService(engine, node_id, az, "writer"), server)
+    service = InstanceService(engine, node_id, az, "writer")
+    service.publisher = engine.publisher = RedoPublisher(db, node_id)
+    pbg.add_InstanceServicer_to_server(service, server)
+    rpbg.add_RedoStreamServicer_to_server(service.publisher, server)
     port = server.add_insecure_port(listen)
     if port == 0:
         engine.close()
@@ -181,15 +192,61 @@ def start_instance(node_id: str, az: str, listen: str, storage_nodes: list, *, v
     return server, port, engine, transport
 
 
+def start_reader(node_id: str, az: str, listen: str, storage_nodes: list, writer: str, *, volume_id: str = "main",
+                 options: InstanceOptions | None = None, ready_timeout_s: float | None = None,
+                 stop: threading.Event | None = None):
+    """A read replica: attach the volume read-only (no recovery), follow the writer's redo
+    stream, and serve once a first view exists. Returns (server, port, engine, transport)."""
+    options = options or InstanceOptions()
+    transport = GrpcTransport()
+    config = VolumeConfig(volume_id=volume_id, nodes=list(storage_nodes), local_az=az)
+    stop = stop or threading.Event()
+    while True:  # the writer may still be creating the volume
+        try:
+            volume = Volume.attach_reader(config, transport)
+            break
+        except Exception as exc:  # noqa: BLE001
+            if stop.wait(0.2):
+                transport.close()
+                raise
+            _ = exc
+    db = ReplicaDatabase(volume, local_az=az, cache_capacity_bytes=options.cache_capacity_bytes,
+                         snapshot_pool_size=options.snapshot_pool_size)
+    follower = ReplicaFollower(db, writer, node_id=node_id, az=az, address=listen).start()
+    deadline = None if ready_timeout_s is None else time.monotonic() + ready_timeout_s
+    while not db.ready:  # the first subscription gives the first view
+        if stop.is_set() or (deadline is not None and time.monotonic() > deadline):
+            follower.stop()
+            transport.close()
+            raise TimeoutError(f"no view from the writer at {writer}")
+        try:
+            db.wait_view(0, 0.2)
+        except Exception:  # noqa: BLE001
+            pass
+    engine = ReaderEngine(db, follower, node_id=node_id, options=options)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=options.grpc_workers, thread_name_prefix="sql"),
+                         options=SERVER_OPTIONS, maximum_concurrent_rpcs=options.grpc_workers * 4)
+    pbg.add_InstanceServicer_to_server(InstanceService(engine, node_id, az, "reader"), server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        engine.close()
+        transport.close()
+        raise OSError(f"cannot listen on {listen}")
+    server.start()
+    return server, port, engine, transport
+
+
 def serve(node_id: str, az: str, listen: str, storage_nodes: list, volume_id: str = "main",
           metrics_listen: str | None = None, options: InstanceOptions | None = None,
-          stop_event: threading.Event | None = None) -> None:
-    """Run a writer instance until SIGTERM/SIGINT (or stop_event)."""
-    log = configure_logging(node_id=node_id, az=az, role="writer")
+          stop_event: threading.Event | None = None, role: str = "writer", writer: str | None = None) -> None:
+    """Run a writer (or, with role="reader" and writer=HOST:PORT, a read replica) until SIGTERM/SIGINT."""
+    log = configure_logging(node_id=node_id, az=az, role=role)
     stop = stop_event or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+    if role == "reader":
+        return _serve_reader(log, node_id, az, listen, storage_nodes, writer, volume_id, metrics_listen, options, stop)
     t0 = time.monotonic()
     server, port, engine, transport = start_instance(node_id, az, listen, storage_nodes, volume_id=volume_id, options=options)
     metrics_port = start_metrics_server(metrics_listen) if metrics_listen else None
@@ -202,6 +259,31 @@ def serve(node_id: str, az: str, listen: str, storage_nodes: list, volume_id: st
             if engine.fenced_reason is not None or engine.volume.fenced:
                 log.error("instance_fenced_stopping", reason=engine.fenced_reason, epoch=engine.volume.epoch)
                 break
+    finally:
+        log.info("instance_stopping")
+        if getattr(engine, "publisher", None) is not None:
+            engine.publisher.stop()  # ends the replicas' redo streams
+        server.stop(grace=2).wait()
+        engine.close()
+        engine.volume.close()
+        transport.close()
+        log.info("instance_stopped")
+
+
+def _serve_reader(log, node_id, az, listen, storage_nodes, writer, volume_id, metrics_listen, options, stop) -> None:
+    if not writer:
+        raise ValueError("a reader needs the writer's address (--writer HOST:PORT)")
+    t0 = time.monotonic()
+    metrics_port = start_metrics_server(metrics_listen) if metrics_listen else None
+    try:
+        server, port, engine, transport = start_reader(node_id, az, listen, storage_nodes, writer,
+                                                       volume_id=volume_id, options=options, stop=stop)
+    except TimeoutError:
+        return
+    log.info("instance_started", listen=listen, port=port, metrics_port=metrics_port, volume=volume_id, writer=writer,
+             epoch=engine.db.epoch, read_lsn=engine.db.view, startup_ms=round((time.monotonic() - t0) * 1000, 1))
+    try:
+        stop.wait()
     finally:
         log.info("instance_stopping")
         server.stop(grace=2).wait()

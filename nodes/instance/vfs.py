@@ -194,12 +194,7 @@ class _BaseFile:
 
     def _page_at(self, page: int, read_lsn: int) -> bytes:
         """Volume page image at read_lsn (b'' if never written)."""
-        data = self.db.cache.get(page, read_lsn)
-        if data is not None:
-            return data
-        data, page_lsn = self.db.volume.read_page(page, read_lsn)
-        self.db.cache.put_fetched(page, page_lsn, data, read_lsn, self.db.volume.vdl)
-        return data
+        return self.db.page_at(page, read_lsn)
 
     def _read(self, amount: int, offset: int, page_of) -> bytes:
         ps = self.page_size
@@ -335,6 +330,9 @@ class _WriterFile(_BaseFile):
         assert lsn > self.last_commit_lsn, "commit LSNs only grow"
         self.last_commit_lsn = lsn
         self.db.publishing = False
+        publisher = self.db.publisher
+        if publisher is not None:  # read replicas: ship the group's redo (cheap when none subscribe)
+            publisher.publish(lsn, changes)
         redo_bytes = sum(len(c.payload) for c in changes)
         self.db.commits += 1
         self.db.redo_bytes += redo_bytes
@@ -382,6 +380,8 @@ class _VolumeVFS(apsw.VFS):
                 file = _SnapshotFile(self.db)
                 self.db._snapshot_files[filename] = file
                 return file
+            if not self.db.writable:
+                raise apsw.CantOpenError("this database serves snapshot connections only (read replica)")
             if self.db.writer_file is not None and not self.db.writer_needs_reopen:
                 raise apsw.CantOpenError("the database already has a writer connection")
             self.db.writer_file = _WriterFile(self.db)
@@ -404,21 +404,21 @@ class _VolumeVFS(apsw.VFS):
         return name
 
 
-class VolumeDatabase:
-    """SQLite on a `Volume`: one writer connection and a pool of snapshot connections."""
+class SnapshotDatabase:
+    """A pool of snapshot connections over page images served by `page_at` (subclass hooks).
 
-    def __init__(self, volume: Any, *, cache_capacity_bytes: int = 256 << 20, snapshot_pool_size: int = 8,
-                 sqlite_cache_pages: int = 4096, busy_timeout_ms: int = 0):
-        self.volume = volume
-        self.page_size = volume.descriptor().page_size
-        self.cache = PageVersions(cache_capacity_bytes)
+    Shared by the writer (`VolumeDatabase`) and read replicas (`replica.ReplicaDatabase`):
+    a snapshot connection reads every page "as of" its pinned read point, and serves page
+    1 with the change counter derived from that read point (see the module docstring)."""
+
+    writable = False
+    writer_file = None
+    writer_needs_reopen = False
+
+    def _init_snapshots(self, *, page_size: int, name: str, snapshot_pool_size: int, sqlite_cache_pages: int) -> None:
+        self.page_size = page_size
         self.vfs_name = f"boreal-{next(_vfs_ids)}"
-        self.db_name = f"/boreal/{volume.descriptor().volume_id}.db"
-        self.writer_file: _WriterFile | None = None
-        self.writer_needs_reopen = False
-        self.publishing = False          # a commit group is between append_group and the cache
-        self.commits = 0
-        self.redo_bytes = 0
+        self.db_name = f"/boreal/{name}.db"
         self.sqlite_cache_pages = sqlite_cache_pages
         self._vfs = _VolumeVFS(self.vfs_name, self)
         self._snapshots: queue.LifoQueue[tuple[apsw.Connection, _SnapshotFile]] = queue.LifoQueue()
@@ -428,6 +428,110 @@ class VolumeDatabase:
         self._all_snapshots: list[apsw.Connection] = []
         self._snapshot_files: dict[str, _SnapshotFile] = {}
         self._closed = False
+
+    # ---- hooks (subclasses) ----------------------------------------------------------
+    def page_at(self, page: int, read_lsn: int) -> bytes:
+        """Volume page image at read_lsn (b'' if never written)."""
+        raise NotImplementedError
+
+    def default_read_lsn(self) -> int:
+        raise NotImplementedError
+
+    def register_read_point(self, lsn: int) -> Any:
+        raise NotImplementedError
+
+    def release_read_point(self, token: Any) -> None:
+        raise NotImplementedError
+
+    # ---- snapshots ----------------------------------------------------------------
+    def _open_snapshot(self) -> tuple[apsw.Connection, _SnapshotFile]:
+        name = f"{self.db_name}-snapshot-{next(_vfs_ids)}"
+        conn = apsw.Connection(name, flags=apsw.SQLITE_OPEN_READONLY, vfs=self.vfs_name)
+        file = self._snapshot_files.pop(name)  # registered by xOpen, which SQLite calls while opening
+        conn.execute("PRAGMA query_only=ON")
+        conn.execute(f"PRAGMA cache_size=-{max(1, self.sqlite_cache_pages * self.page_size // 1024)}")
+        self._all_snapshots.append(conn)
+        return conn, file
+
+    @contextlib.contextmanager
+    def snapshot(self, read_lsn: int | None = None, timeout_s: float = 30.0) -> Iterator[apsw.Connection]:
+        """A read-only connection seeing the database exactly as of read_lsn (default: the VDL).
+
+        The read point is registered with the volume for as long as the connection is
+        lent, so storage keeps the page versions it needs (PGMRPL)."""
+        if self._closed:
+            raise Unavailable("database is closed")
+        try:
+            conn, file = self._snapshots.get_nowait()
+        except queue.Empty:
+            with self._snapshot_lock:
+                grow = self._snapshot_count < self.snapshot_pool_size
+                if grow:
+                    self._snapshot_count += 1
+            if grow:
+                try:
+                    conn, file = self._open_snapshot()
+                except BaseException:
+                    with self._snapshot_lock:
+                        self._snapshot_count -= 1
+                    raise
+            else:
+                try:
+                    conn, file = self._snapshots.get(timeout=timeout_s)
+                except queue.Empty:
+                    raise Unavailable(f"no snapshot connection free after {timeout_s}s") from None
+        lsn = self.default_read_lsn() if read_lsn is None else read_lsn
+        token = self.register_read_point(lsn)
+        try:
+            file.read_lsn = lsn
+            yield conn
+        finally:
+            file.read_lsn = 0
+            self.release_read_point(token)
+            self._snapshots.put((conn, file))
+
+    def close(self) -> None:
+        self._closed = True
+        for conn in self._all_snapshots:
+            conn.close()
+        self._all_snapshots.clear()
+
+
+class VolumeDatabase(SnapshotDatabase):
+    """SQLite on a `Volume`: one writer connection and a pool of snapshot connections."""
+
+    def __init__(self, volume: Any, *, cache_capacity_bytes: int = 256 << 20, snapshot_pool_size: int = 8,
+                 sqlite_cache_pages: int = 4096, busy_timeout_ms: int = 0):
+        self.volume = volume
+        self.page_size = volume.descriptor().page_size
+        self.cache = PageVersions(cache_capacity_bytes)
+        self.writer_file: _WriterFile | None = None
+        self.writer_needs_reopen = False
+        self.publishing = False          # a commit group is between append_group and the cache
+        self.commits = 0
+        self.redo_bytes = 0
+        self.publisher: Any = None  # replica.RedoPublisher: ships commit groups to read replicas
+        self._init_snapshots(page_size=self.page_size, name=volume.descriptor().volume_id,
+                             snapshot_pool_size=snapshot_pool_size, sqlite_cache_pages=sqlite_cache_pages)
+
+    writable = True
+
+    def page_at(self, page: int, read_lsn: int) -> bytes:
+        data = self.cache.get(page, read_lsn)
+        if data is not None:
+            return data
+        data, page_lsn = self.volume.read_page(page, read_lsn)
+        self.cache.put_fetched(page, page_lsn, data, read_lsn, self.volume.vdl)
+        return data
+
+    def default_read_lsn(self) -> int:
+        return self.visible_lsn()
+
+    def register_read_point(self, lsn: int) -> Any:
+        return self.volume.register_read_point(lsn)
+
+    def release_read_point(self, token: Any) -> None:
+        self.volume.release_read_point(token)
 
     # ---- writer ------------------------------------------------------------------
     def open_writer(self) -> apsw.Connection:
@@ -470,56 +574,3 @@ class VolumeDatabase:
             return None
         exc, self.writer_file.commit_error = self.writer_file.commit_error, None
         return exc
-
-    # ---- snapshots ----------------------------------------------------------------
-    def _open_snapshot(self) -> tuple[apsw.Connection, _SnapshotFile]:
-        name = f"{self.db_name}-snapshot-{next(_vfs_ids)}"
-        conn = apsw.Connection(name, flags=apsw.SQLITE_OPEN_READONLY, vfs=self.vfs_name)
-        file = self._snapshot_files.pop(name)  # registered by xOpen, which SQLite calls while opening
-        conn.execute("PRAGMA query_only=ON")
-        conn.execute(f"PRAGMA cache_size=-{max(1, self.sqlite_cache_pages * self.page_size // 1024)}")
-        self._all_snapshots.append(conn)
-        return conn, file
-
-    @contextlib.contextmanager
-    def snapshot(self, read_lsn: int | None = None, timeout_s: float = 30.0) -> Iterator[apsw.Connection]:
-        """A read-only connection seeing the database exactly as of read_lsn (default: the VDL).
-
-        The read point is registered with the volume for as long as the connection is
-        lent, so storage keeps the page versions it needs (PGMRPL)."""
-        if self._closed:
-            raise Unavailable("database is closed")
-        try:
-            conn, file = self._snapshots.get_nowait()
-        except queue.Empty:
-            with self._snapshot_lock:
-                grow = self._snapshot_count < self.snapshot_pool_size
-                if grow:
-                    self._snapshot_count += 1
-            if grow:
-                try:
-                    conn, file = self._open_snapshot()
-                except BaseException:
-                    with self._snapshot_lock:
-                        self._snapshot_count -= 1
-                    raise
-            else:
-                try:
-                    conn, file = self._snapshots.get(timeout=timeout_s)
-                except queue.Empty:
-                    raise Unavailable(f"no snapshot connection free after {timeout_s}s") from None
-        lsn = self.visible_lsn() if read_lsn is None else read_lsn
-        token = self.volume.register_read_point(lsn)
-        try:
-            file.read_lsn = lsn
-            yield conn
-        finally:
-            file.read_lsn = 0
-            self.volume.release_read_point(token)
-            self._snapshots.put((conn, file))
-
-    def close(self) -> None:
-        self._closed = True
-        for conn in self._all_snapshots:
-            conn.close()
-        self._all_snapshots.clear()

@@ -1047,3 +1047,47 @@ class Volume:
         from borealdb.nodes.volume.recovery import recover
 
         return recover(self, create_if_missing)
+
+    # ---- read replicas: read-only attach (no recovery, no epoch change, never writes) ------------
+    # Used only by nodes/instance/replica.py; nothing above depends on it.
+
+    @classmethod
+    def attach_reader(cls, config: VolumeConfig, transport: Transport) -> "Volume":
+        """A read-only view of an existing volume for a read replica.
+
+        Learns the descriptor and the current epoch from ListSegments (a read quorum of
+        PG 0). Runs no recovery, sends no Seal, never raises the epoch, starts no ticker,
+        and append_group refuses. The replica reads pages itself at read points it learns
+        from the writer's redo stream, with `epoch` and `descriptor()` from here; call
+        `reader_refresh()` after a new epoch or for a PG it does not know yet."""
+        vol = cls(config, transport)
+        vol._read_only_reason = "attached as a read replica"
+        vol.reader_refresh()
+        return vol
+
+    def reader_refresh(self) -> int:
+        """(Read replicas) re-read the descriptor and the epoch from the storage nodes; returns the epoch."""
+        listed = self._list_all()
+        infos = [info for resp in listed.values() if not isinstance(resp, Exception)
+                 for info in resp.segments if info.volume_id == self.volume_id]
+        pg0 = [i for i in infos if i.pg == 0]
+        if len(pg0) < READ_QUORUM:
+            raise QuorumLost(f"volume {self.volume_id!r}: only {len(pg0)} PG 0 segments reachable, need {READ_QUORUM}")
+        desc = max((i.descriptor for i in pg0 if i.descriptor.version), key=lambda d: d.version, default=None)
+        if desc is None:
+            raise QuorumLost(f"volume {self.volume_id!r}: no descriptor on the reachable PG 0 segments")
+        with self._lock:
+            if desc.version >= self._descriptor.version:
+                self._descriptor = desc
+            self._epoch = max(self._epoch, max(i.epoch for i in infos))
+            return self._epoch
+
+    def reader_note_epoch(self, epoch: int) -> None:
+        """(Read replicas) the writer told us its epoch."""
+        with self._lock:
+            self._epoch = max(self._epoch, epoch)
+
+    def pg_tips(self, lsn: int) -> dict[int, int]:
+        """(Writer) per PG, its last record <= lsn (0: none): what a read replica needs to read at lsn."""
+        with self._lock:
+            return {pg: self._pg_read_lsn(pg, lsn) for pg in self._tracker.pgs()}

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 HERE = Path(__file__).resolve().parent
 NODE_IDS = ["s-a1", "s-a2", "s-b1", "s-b2", "s-c1", "s-c2"]
-ALL_IDS = [*NODE_IDS, "i-a1"]  # the writer i-a1 listens on BASE+10
+ALL_IDS = [*NODE_IDS, "i-a1", "i-b1", "i-c1"]  # the writer i-a1 on BASE+10, readers i-b1, i-c1 on BASE+11, 12
 
 
 def _has_module(name: str) -> bool:
@@ -82,14 +82,14 @@ def test_up_detach_status_down(server_env, data_dir):
     # The nodes outlived the CLI process.
     state = local.load_cluster_state(data_dir)
     assert [n.node_id for n in state.running()] == ALL_IDS
-    assert [n.address for n in state.nodes] == [f"127.0.0.1:{base + i}" for i in [*range(6), 10]]
-    assert [n.metrics_address for n in state.nodes] == [f"127.0.0.1:{base + 100 + i}" for i in [*range(6), 10]]
-    assert [n.role for n in state.nodes] == ["storage"] * 6 + ["writer"]
+    assert [n.address for n in state.nodes] == [f"127.0.0.1:{base + i}" for i in [*range(6), 10, 11, 12]]
+    assert [n.metrics_address for n in state.nodes] == [f"127.0.0.1:{base + 100 + i}" for i in [*range(6), 10, 11, 12]]
+    assert [n.role for n in state.nodes] == ["storage"] * 6 + ["writer", "reader", "reader"]
     assert state.writer_address() == f"127.0.0.1:{base + 10}"
 
     r = boreal(server_env, "status", "--data", str(data_dir))
     assert r.returncode == 0, r.stderr + r.stdout
-    assert r.stdout.count(" up ") == 7
+    assert r.stdout.count(" up ") == 9
     writer_row = next(line for line in r.stdout.splitlines() if line.startswith("i-a1"))
     assert writer_row.split()[:5] == ["i-a1", "writer", "a", f"127.0.0.1:{base + 10}", "up"]
 
@@ -134,11 +134,11 @@ def test_foreground_up_stops_everything_on_sigterm(server_env, data_dir):
                 break
         assert any("Press Ctrl-C" in line for line in lines), "".join(lines)
         pids = [n.pid for n in local.load_cluster_state(data_dir).running()]
-        assert len(pids) == 7
+        assert len(pids) == 9
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out
-        assert "stopped 7 node(s)" in out
+        assert "stopped 9 node(s)" in out
         assert not any(local.pid_alive(p) for p in pids)
     finally:
         if proc.poll() is None:
@@ -155,9 +155,9 @@ def test_up_again_reuses_the_ports_of_the_data_dir(server_env, data_dir):
     r = boreal(server_env, "up", "--detach", "--data", str(data_dir))  # no --base-port
     assert r.returncode == 0, r.stderr + r.stdout
     state = local.load_cluster_state(data_dir)
-    assert [n.address for n in state.running()] == [f"127.0.0.1:{base + i}" for i in [*range(6), 10]]
+    assert [n.address for n in state.running()] == [f"127.0.0.1:{base + i}" for i in [*range(6), 10, 11, 12]]
     r = boreal(server_env, "down", "--data", str(data_dir))
-    assert r.returncode == 0 and r.stdout.count("stopped") >= 7
+    assert r.returncode == 0 and r.stdout.count("stopped") >= 9
 
 
 def test_up_storage_only(server_env, data_dir):
@@ -176,4 +176,4 @@ def test_up_storage_only(server_env, data_dir):
     assert r.returncode == 0, r.stderr + r.stdout
     assert local.load_cluster_state(data_dir).writer_address() == f"127.0.0.1:{base + 10}"
     r = boreal(server_env, "down", "--data", str(data_dir))
-    assert r.returncode == 0 and r.stdout.count("stopped") >= 7
+    assert r.returncode == 0 and r.stdout.count("stopped") >= 9

@@ -83,7 +83,8 @@ def _storage_reachable(storage_nodes) -> int:
     return up
 
 
-def serve_instance(node_id, az, listen, storage_nodes, volume_id="main", metrics_listen=None, options=None):
+def serve_instance(node_id, az, listen, storage_nodes, volume_id="main", metrics_listen=None, options=None,
+                   role="writer", writer=None):
     """Stand-in instance node: checks that its storage nodes are up (they start first), answers
     InstanceStatus, and logs whether the storage nodes were still up when it was stopped."""
     import grpc
@@ -108,7 +109,7 @@ def serve_instance(node_id, az, listen, storage_nodes, volume_id="main", metrics
             if mode == "noid" and time.monotonic() - started < 0.5:  # "recovering": no node id yet
                 return sql_pb2.InstanceStatusResponse()
             return sql_pb2.InstanceStatusResponse(
-                node_id=node_id, az=az, role="writer", epoch=3, vdl=1234, vcl=1240, sessions=2,
+                node_id=node_id, az=az, role=role, epoch=3, vdl=1234, vcl=1240, sessions=2,
                 uptime_ms=int((time.monotonic() - started) * 1000), volume_id=volume_id)
 
     stop_signals = {signal.SIGTERM, signal.SIGINT}

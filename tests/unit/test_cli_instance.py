@@ -92,10 +92,19 @@ def test_bad_instance_arguments_exit_2(capsys, argv, message):
     assert e.value.code == 2 and message in err
 
 
-def test_reader_role_is_not_implemented(capsys, fake_server):
+def test_reader_role_needs_writer(capsys, fake_server):
     code, _, err = run(capsys, *instance_argv("--role", "reader"))
-    assert code == 2 and "read replicas are not implemented yet" in err and "Traceback" not in err
+    assert code == 2 and "--writer HOST:PORT" in err and "Traceback" not in err
+    code, _, err = run(capsys, *instance_argv("--writer", "127.0.0.1:7110"))
+    assert code == 2 and "--role reader only" in err
     assert fake_server == []
+
+
+def test_reader_calls_serve_with_its_writer(capsys, fake_server):
+    code, _, err = run(capsys, *instance_argv("--role", "reader", "--writer", "127.0.0.1:7110"))
+    assert code == 0, err
+    [(_args, kwargs)] = fake_server
+    assert kwargs["role"] == "reader" and kwargs["writer"] == "127.0.0.1:7110"
 
 
 def test_instance_node_calls_serve(capsys, fake_server):
@@ -249,9 +258,10 @@ def test_format_status_with_a_writer():
     header = next(line for line in lines if line.startswith("INSTANCE"))
     row = lines[lines.index(header) + 1]
     down = lines[lines.index(header) + 2]
-    assert header.split() == ["INSTANCE", "ROLE", "AZ", "ADDRESS", "STATE", "UPTIME", "EPOCH", "VDL", "SESSIONS"]
-    assert row.split() == ["i-a1", "writer", "a", "127.0.0.1:7111", "up", "1m05s", "4", "900", "3"]
+    assert header.split() == ["INSTANCE", "ROLE", "AZ", "ADDRESS", "STATE", "UPTIME", "EPOCH", "VDL", "SESSIONS",
+                              "REPLICA_LAG"]
+    assert row.split() == ["i-a1", "writer", "a", "127.0.0.1:7111", "up", "1m05s", "4", "900", "3", "-"]
     assert header.index("VDL") == row.index("900")
-    assert "down (UNAVAILABLE)" in down and down.split()[-3:] == ["-", "-", "-"]
+    assert "down (UNAVAILABLE)" in down and down.split()[-4:] == ["-", "-", "-", "-"]
     pg_header = next(line for line in lines if line.startswith("VOLUME"))
     assert "i-a1" not in pg_header and "SCL@s-a1" in pg_header

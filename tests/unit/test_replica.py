@@ -1,0 +1,188 @@
+"""Read replicas without processes: real StorageEngines through InProcessTransport, the
+writer's RedoPublisher feeding a ReplicaDatabase in the same process."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from borealdb.nodes import redo
+from borealdb.nodes.instance.engine import SqlEngine, SqlError
+from borealdb.nodes.instance.replica import ReaderEngine, RedoPublisher, ReplicaDatabase
+from borealdb.nodes.instance.vfs import _INF, VolumeDatabase
+from borealdb.nodes.volume import Volume, VolumeConfig
+from borealdb.protos import replica_pb2 as rpb
+
+from tests.unit.test_instance_engine import PAGE, Storage, run
+
+
+@pytest.fixture
+def storage(tmp_path):
+    s = Storage(str(tmp_path))
+    yield s
+    s.close()
+
+
+def attach(storage: Storage, vol: Volume) -> ReplicaDatabase:
+    cfg = VolumeConfig(volume_id=vol.volume_id, nodes=storage.infos, page_size=PAGE, pg_size_pages=64, local_az="b")
+    return ReplicaDatabase(Volume.attach_reader(cfg, storage.transport), local_az="b", cache_capacity_bytes=4 << 20)
+
+
+def page(byte: int) -> bytes:
+    return bytes([byte]) * PAGE
+
+
+def group(commit_lsn: int, *records: tuple[int, bytes]) -> rpb.RedoGroup:
+    g = rpb.RedoGroup(commit_lsn=commit_lsn, commit_time_us=1)
+    first = commit_lsn - len(records) + 1
+    for i, (p, img) in enumerate(records):
+        g.records.add(page=p, lsn=first + i, kind=redo.FULL_PAGE, payload=img)
+    return g
+
+
+def subscribed(storage) -> tuple[Volume, ReplicaDatabase]:
+    vol = storage.volume()
+    db = attach(storage, vol)
+    db.on_hello(rpb.Hello(epoch=vol.epoch, start_lsn=0))
+    db.on_message(rpb.RedoMessage(vdl=0))
+    assert db.ready and db.view == 0
+    return vol, db
+
+
+def test_applies_only_cached_pages_and_only_groups_at_or_below_the_vdl(storage):
+    _vol, db = subscribed(storage)
+    db.cache.put_fetched(5, 0, page(1), _INF, _INF)          # page 5 is cached, page 6 is not
+    db.on_message(rpb.RedoMessage(groups=[group(2, (5, page(2)), (6, page(3)))], vdl=0))
+    assert db.view == 0 and db.cache.newest(5).data == page(1)  # above the VDL: not applied yet
+    db.on_message(rpb.RedoMessage(vdl=2))
+    assert db.view == 2
+    assert db.cache.get(5, 2) == page(2) and db.cache.get(5, 1) == page(1)
+    assert db.cache.newest(6) is None and db.groups_dropped == 1
+
+
+def test_a_group_becomes_visible_as_a_unit(storage):
+    _vol, db = subscribed(storage)
+    for p in (3, 4):
+        db.cache.put_fetched(p, 0, page(0), _INF, _INF)
+    db.on_message(rpb.RedoMessage(groups=[group(2, (3, page(7)), (4, page(8))), group(4, (3, page(9)), (4, page(9)))],
+                                  vdl=2))
+    # the view moved to 2 only: both pages of the first group, none of the second
+    assert db.view == 2
+    assert [db.cache.get(p, db.view) for p in (3, 4)] == [page(7), page(8)]
+    assert [db.cache.get(p, 0) for p in (3, 4)] == [page(0), page(0)]
+    db.on_message(rpb.RedoMessage(vdl=4))
+    assert [db.cache.get(p, 4) for p in (3, 4)] == [page(9), page(9)]
+
+
+def test_a_page_fetched_below_a_group_that_touched_it_is_not_kept_current(storage):
+    _vol, db = subscribed(storage)
+    db.on_message(rpb.RedoMessage(groups=[group(3, (7, page(5)))], vdl=3))  # page 7 not cached: dropped
+    db.page_at(7, 0)                     # a read pinned at LSN 0 fetches page 7 as of 0
+    assert db.cache.get(7, 0) == b""     # good for that read point ...
+    assert db.cache.get(7, 3) is None    # ... but it missed the group at 3: never served as current
+
+
+def test_a_new_epoch_or_a_gap_drops_the_cache(storage):
+    vol, db = subscribed(storage)
+    db.cache.put_fetched(5, 0, page(1), _INF, _INF)
+    assert db.on_hello(rpb.Hello(epoch=vol.epoch, start_lsn=0))          # continues exactly: kept
+    assert db.cache.newest(5) is not None
+    assert not db.on_hello(rpb.Hello(epoch=vol.epoch, start_lsn=10))     # a gap: dropped
+    assert db.cache.newest(5) is None and db.view == 0
+    db.on_message(rpb.RedoMessage(vdl=5))
+    assert db.view == 0                  # never a view inside the gap
+    db.on_message(rpb.RedoMessage(vdl=10))
+    assert db.view == 10
+
+
+class _Ctx:
+    def __init__(self):
+        self.active = True
+
+    def is_active(self):
+        return self.active
+
+    def peer(self):
+        return "in-process"
+
+    def abort(self, code, message):
+        raise RuntimeError(f"{code}: {message}")
+
+
+@pytest.fixture
+def pair(storage):
+    """A writer SqlEngine with a RedoPublisher and a ReaderEngine following it in-process."""
+    vol = storage.volume()
+    writer = SqlEngine(VolumeDatabase(vol, cache_capacity_bytes=4 << 20), node_id="i-w")
+    publisher = RedoPublisher(writer.db, "i-w", heartbeat_s=0.02)
+    db = attach(storage, vol)
+    stop = threading.Event()
+    ctx = _Ctx()
+
+    def reports():
+        yield rpb.ReplicaMessage(replica_id="i-r")
+        stop.wait()
+
+    def follow():
+        for msg in publisher.Subscribe(reports(), ctx):
+            if msg.HasField("hello"):
+                db.on_hello(msg.hello)
+            db.on_message(msg)
+            if stop.is_set():
+                break
+
+    t = threading.Thread(target=follow, daemon=True)
+    t.start()
+    db.wait_view(0, 10)
+    reader = ReaderEngine(db, None, node_id="i-r")
+    yield writer, reader, publisher
+    stop.set()
+    ctx.active = False
+    publisher.stop()
+    t.join(5)
+    reader.close()
+    writer.close()
+
+
+def test_end_to_end_reads_follow_the_writer_and_writes_are_read_only(pair):
+    writer, reader, publisher = pair
+    w = writer.open_session().session_id
+    run(writer, w, "CREATE TABLE acct(id INTEGER PRIMARY KEY, balance INTEGER)")
+    run(writer, w, "INSERT INTO acct(balance) SELECT 100 FROM (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<50) SELECT i FROM n)")
+    lsn = writer.db.last_commit_lsn
+    r = reader.open_session().session_id
+    reader.db.wait_view(lsn, 10)
+    assert run(reader, r, "SELECT count(*), sum(balance) FROM acct")[0] == [(50, 5000)]
+    for sql in ("INSERT INTO acct(balance) VALUES (1)", "UPDATE acct SET balance = 0", "CREATE TABLE x(a)"):
+        with pytest.raises(SqlError) as e:
+            run(reader, r, sql)
+        assert e.value.code == "READ_ONLY"
+    with pytest.raises(SqlError) as e:
+        reader.execute_many(r, "INSERT INTO acct(balance) VALUES (?)", [(1,)])
+    assert e.value.code == "READ_ONLY"
+    assert [x["node_id"] for x in publisher.replicas()] == ["i-r"]
+
+
+def test_a_read_transaction_keeps_one_snapshot_while_the_writer_rewrites_pages(pair):
+    writer, reader, _ = pair
+    w = writer.open_session().session_id
+    run(writer, w, "CREATE TABLE acct(id INTEGER PRIMARY KEY, balance INTEGER)")
+    run(writer, w, "INSERT INTO acct(balance) SELECT 100 FROM (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<20) SELECT i FROM n)")
+    reader.db.wait_view(writer.db.last_commit_lsn, 10)
+    r = reader.open_session().session_id
+    run(reader, r, "BEGIN")
+    before = run(reader, r, "SELECT id, balance FROM acct ORDER BY id")[0]
+    for k in range(30):                   # rewrite the same pages many times, total preserved
+        run(writer, w, "BEGIN")
+        run(writer, w, "UPDATE acct SET balance = balance - 7 WHERE id = ?", (k % 20 + 1,))
+        run(writer, w, "UPDATE acct SET balance = balance + 7 WHERE id = ?", ((k + 1) % 20 + 1,))
+        run(writer, w, "COMMIT")
+        assert run(reader, r, "SELECT id, balance FROM acct ORDER BY id")[0] == before
+    reader.db.wait_view(writer.db.last_commit_lsn, 10)
+    assert run(reader, r, "SELECT id, balance FROM acct ORDER BY id")[0] == before   # still pinned
+    run(reader, r, "COMMIT")
+    after = run(reader, r, "SELECT id, balance FROM acct ORDER BY id")[0]
+    assert after != before and sum(b for _, b in after) == 2000
+    # monotonic: a session never reads below what it read before
+    assert reader.session(r).last_commit_lsn >= writer.db.last_commit_lsn
