@@ -14,14 +14,7 @@ from borealdb.nodes.instance.vfs import _INF, VolumeDatabase
 from borealdb.nodes.volume import Volume, VolumeConfig
 from borealdb.protos import replica_pb2 as rpb
 
-from tests.unit.test_instance_engine import PAGE, Storage, run
-
-
-@pytest.fixture
-def storage(tmp_path):
-    s = Storage(str(tmp_path))
-    yield s
-    s.close()
+from tests.unit.inprocess import PAGE, Storage, run
 
 
 def attach(storage: Storage, vol: Volume) -> ReplicaDatabase:
