@@ -154,6 +154,32 @@ class AppendResponse(_message.Message):
     acks: _containers.RepeatedCompositeFieldContainer[SegmentAck]
     def __init__(self, acks: _Optional[_Iterable[_Union[SegmentAck, _Mapping]]] = ...) -> None: ...
 
+class AppendStreamRequest(_message.Message):
+    __slots__ = ("seq", "append")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    APPEND_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    append: AppendRequest
+    def __init__(self, seq: _Optional[int] = ..., append: _Optional[_Union[AppendRequest, _Mapping]] = ...) -> None: ...
+
+class AppendStreamResponse(_message.Message):
+    __slots__ = ("seq", "append", "error_reason", "error_code", "error_message", "error_pg", "error_segment_epoch")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    APPEND_FIELD_NUMBER: _ClassVar[int]
+    ERROR_REASON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_PG_FIELD_NUMBER: _ClassVar[int]
+    ERROR_SEGMENT_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    append: AppendResponse
+    error_reason: ErrorReason
+    error_code: int
+    error_message: str
+    error_pg: int
+    error_segment_epoch: int
+    def __init__(self, seq: _Optional[int] = ..., append: _Optional[_Union[AppendResponse, _Mapping]] = ..., error_reason: _Optional[_Union[ErrorReason, str]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., error_pg: _Optional[int] = ..., error_segment_epoch: _Optional[int] = ...) -> None: ...
+
 class ReadPageRequest(_message.Message):
     __slots__ = ("volume_id", "epoch", "pg", "page", "read_lsn")
     VOLUME_ID_FIELD_NUMBER: _ClassVar[int]

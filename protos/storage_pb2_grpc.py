@@ -39,6 +39,11 @@ class StorageNodeStub:
                 request_serializer=storage__pb2.AppendRequest.SerializeToString,
                 response_deserializer=storage__pb2.AppendResponse.FromString,
                 _registered_method=True)
+        self.AppendStream = channel.stream_stream(
+                '/borealdb.storage.v1.StorageNode/AppendStream',
+                request_serializer=storage__pb2.AppendStreamRequest.SerializeToString,
+                response_deserializer=storage__pb2.AppendStreamResponse.FromString,
+                _registered_method=True)
         self.ReadPage = channel.unary_unary(
                 '/borealdb.storage.v1.StorageNode/ReadPage',
                 request_serializer=storage__pb2.ReadPageRequest.SerializeToString,
@@ -85,6 +90,12 @@ class StorageNodeServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Append(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AppendStream(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -145,6 +156,11 @@ def add_StorageNodeServicer_to_server(servicer, server):
                     servicer.Append,
                     request_deserializer=storage__pb2.AppendRequest.FromString,
                     response_serializer=storage__pb2.AppendResponse.SerializeToString,
+            ),
+            'AppendStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.AppendStream,
+                    request_deserializer=storage__pb2.AppendStreamRequest.FromString,
+                    response_serializer=storage__pb2.AppendStreamResponse.SerializeToString,
             ),
             'ReadPage': grpc.unary_unary_rpc_method_handler(
                     servicer.ReadPage,
@@ -214,6 +230,33 @@ class StorageNode:
             '/borealdb.storage.v1.StorageNode/Append',
             storage__pb2.AppendRequest.SerializeToString,
             storage__pb2.AppendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/borealdb.storage.v1.StorageNode/AppendStream',
+            storage__pb2.AppendStreamRequest.SerializeToString,
+            storage__pb2.AppendStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

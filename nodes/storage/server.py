@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import signal
 import threading
+from collections import deque
 from concurrent import futures
 
 import grpc
@@ -36,6 +38,14 @@ def _metadata(exc: StorageError) -> tuple[tuple[str, str], ...]:
     if exc.segment_epoch is not None:
         md.append(("boreal-segment-epoch", str(exc.segment_epoch)))
     return tuple(md)
+
+
+def stream_error(seq: int, exc: StorageError) -> pb.AppendStreamResponse:
+    """The AppendStream answer for a request that a unary Append would have failed with `exc`."""
+    return pb.AppendStreamResponse(
+        seq=seq, error_reason=exc.reason, error_code=exc.code.value[0], error_message=exc.message,
+        error_pg=0 if exc.pg is None else exc.pg + 1,
+        error_segment_epoch=0 if exc.segment_epoch is None else exc.segment_epoch + 1)
 
 
 def _call(context, fn, req):
@@ -89,6 +99,85 @@ class StorageServicer(pb_grpc.StorageNodeServicer):
                 fut.add_done_callback(lambda f: None if f.cancelled() or f.exception() else e.append_finish(st))
                 raise
         return e.append_finish(st)
+
+    async def AppendStream(self, request_iterator, context):
+        """Appends of one writer, in order, on one long-lived stream (see storage.proto).
+
+        A reader task validates and writes each request as it arrives (append_begin, on
+        the loop); this coroutine waits for the group fsync covering everything written
+        so far (one wait per batch of requests, not per request), then indexes and acks
+        each request in order. A rejected request gets an error answer; the stream goes on.
+        """
+        e = self.e
+        loop = asyncio.get_running_loop()
+        ready: deque = deque()            # (seq, _AppendState | StorageError), in arrival order
+        kick = asyncio.Event()
+        ended = [False]
+
+        async def read() -> None:
+            try:
+                async for sreq in request_iterator:
+                    try:
+                        ready.append((sreq.seq, e.append_begin(sreq.append)))
+                    except StorageError as exc:
+                        ready.append((sreq.seq, exc))
+                    kick.set()
+            finally:
+                ended[0] = True
+                kick.set()
+
+        reader = loop.create_task(read())
+        batch: list = []
+        try:
+            while True:
+                if not ready:
+                    if ended[0]:
+                        break
+                    kick.clear()
+                    await kick.wait()
+                    continue
+                batch = list(ready)
+                ready.clear()
+                ticket = max((st.ticket for _seq, st in batch if not isinstance(st, StorageError)), default=0)
+                if ticket:
+                    fut = loop.create_future()
+                    if not e.committer.sync_async(ticket, loop, fut):
+                        await asyncio.shield(fut)
+                for seq, st in batch:
+                    if isinstance(st, StorageError):
+                        await context.write(stream_error(seq, st))
+                    else:
+                        await context.write(pb.AppendStreamResponse(seq=seq, append=e.append_finish(st)))
+                batch = []
+            await reader  # re-raise a failure of the request stream
+        except BaseException:
+            reader.cancel()
+            # the caller went away (or the fsync failed): frames already written are still
+            # indexed once durable, else they would stay pending and block a retry of their LSNs
+            self._finish_when_durable([st for _seq, st in itertools.chain(batch, ready)
+                                       if not isinstance(st, StorageError)])
+            raise
+
+    def _finish_when_durable(self, states: list) -> None:
+        e = self.e
+        if not states:
+            return
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def finish(f=None) -> None:
+            if f is not None and (f.cancelled() or f.exception() is not None):
+                return
+            for st in states:
+                try:
+                    e.append_finish(st)
+                except Exception:  # noqa: BLE001 - best effort for an abandoned request
+                    pass
+
+        if e.committer.sync_async(max(st.ticket for st in states), loop, fut):
+            finish()
+        else:
+            fut.add_done_callback(finish)
 
     async def ReadPage(self, request, context):
         return await self._offload(context, self.e.read_page, request)

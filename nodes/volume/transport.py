@@ -11,6 +11,11 @@
 `GrpcTransport` talks to real nodes (one channel per address, no thread per call);
 `InProcessTransport` calls StorageEngine objects directly, for fast tests, with
 knobs to take a node down, delay its answers or drop them.
+
+The write path uses `send_append(transport, address, stream_request, timeout_s, callback)`:
+`callback(response, error)` runs once per request (on the transport's thread). Over gRPC
+the requests to one node share one long-lived AppendStream (no per-call setup, no future
+per request); any other transport serves it with a unary Append.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import os
 import random
 import threading
 import time
-from typing import Any, Protocol
+from collections import deque
+from typing import Any, Callable, Protocol
 
 import grpc
 
@@ -83,6 +89,36 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+AppendCallback = Callable[[Any, "BaseException | None"], None]
+
+
+def send_append(transport: Any, address: str, sreq: pb.AppendStreamRequest, timeout_s: float,
+                callback: AppendCallback) -> None:
+    """Send sreq.append to `address`; callback(AppendResponse, None) or callback(None, error) once.
+
+    Errors are the same as call()'s: StorageError (rejected, nothing written) or
+    NodeUnavailable. Transports without a send_append of their own use a unary Append.
+    """
+    fn = getattr(transport, "send_append", None)
+    if fn is not None:
+        fn(address, sreq, timeout_s, callback)
+        return
+    try:
+        fut = transport.call(address, "Append", sreq.append, timeout_s)
+    except Exception as exc:  # noqa: BLE001 - a transport that raises instead of failing the future
+        callback(None, NodeUnavailable(address, f"Append: {exc}"))
+        return
+    fut.add_done_callback(lambda f: _complete_unary(f, address, callback))
+
+
+def _complete_unary(fut: cf.Future, address: str, callback: AppendCallback) -> None:
+    if fut.cancelled():
+        callback(None, NodeUnavailable(address, "Append: cancelled"))
+        return
+    exc = fut.exception()
+    callback(None, exc) if exc is not None else callback(fut.result(), None)
+
+
 # ---- gRPC ---------------------------------------------------------------------------
 
 
@@ -104,6 +140,9 @@ class GrpcTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stubs: dict[str, tuple[Any, Any]] = {}  # touched only on the loop thread
+        self._streams: dict[str, _AppendStream] = {}    # touched only on the loop thread
+        self._unary_only: set[str] = set()               # nodes without AppendStream (older servers)
+        self._loop_tid = 0
         self._closed = False
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
@@ -112,12 +151,13 @@ class GrpcTransport:
                 raise RuntimeError("transport is closed")
             if self._pid != os.getpid():  # forked: the parent's loop thread does not exist here
                 self._loop, self._thread, self._stubs = None, None, {}
+                self._streams, self._unary_only = {}, set()
                 self._pid = os.getpid()
             if self._loop is None:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(target=loop.run_forever, name="grpc-transport", daemon=True)
                 thread.start()
-                self._loop, self._thread = loop, thread
+                self._loop, self._thread, self._loop_tid = loop, thread, thread.ident or 0
             return self._loop
 
     def _stub(self, address: str):
@@ -148,6 +188,40 @@ class GrpcTransport:
             out.set_exception(NodeUnavailable(address, f"{method}: {exc}"))
             return out
 
+    # -- AppendStream
+
+    def send_append(self, address: str, sreq: pb.AppendStreamRequest, timeout_s: float,
+                    callback: AppendCallback) -> None:
+        """See send_append(): over this node's AppendStream (a unary Append if it has none)."""
+        if threading.get_ident() == self._loop_tid and not self._closed and self._pid == os.getpid():
+            self._send_on_loop(address, sreq, timeout_s, callback)
+            return
+        try:
+            loop = self._ensure_loop()
+            loop.call_soon_threadsafe(self._send_on_loop, address, sreq, timeout_s, callback)
+        except Exception as exc:  # noqa: BLE001 - closed transport or loop
+            callback(None, NodeUnavailable(address, f"Append: {exc}"))
+
+    def _send_on_loop(self, address: str, sreq: pb.AppendStreamRequest, timeout_s: float,
+                      callback: AppendCallback) -> None:
+        if self._closed:
+            callback(None, NodeUnavailable(address, "Append: transport closed"))
+            return
+        if address in self._unary_only:
+            fut = asyncio.ensure_future(self._call(address, "Append", sreq.append, timeout_s))
+            fut.add_done_callback(lambda f: _complete_unary(f, address, callback))
+            return
+        stream = self._streams.get(address)
+        if stream is None:
+            stream = self._streams[address] = _AppendStream(self, address)
+        stream.send(sreq, timeout_s, callback)
+
+    def _stream_ended(self, stream: "_AppendStream", unimplemented: bool) -> None:
+        if self._streams.get(stream.address) is stream:
+            del self._streams[stream.address]
+        if unimplemented:
+            self._unary_only.add(stream.address)
+
     def close(self) -> None:
         with self._lock:
             loop, thread, self._closed = self._loop, self._thread, True
@@ -156,6 +230,11 @@ class GrpcTransport:
             return
 
         async def _close_channels() -> None:
+            streams = list(self._streams.values())
+            for stream in streams:
+                stream.fail(NodeUnavailable(stream.address, "Append: transport closed"))
+            if streams:  # let the readers see their cancelled calls end
+                await asyncio.wait([s.reader for s in streams], timeout=1.0)
             for channel, _stub in self._stubs.values():
                 await channel.close()
             self._stubs.clear()
@@ -168,6 +247,123 @@ class GrpcTransport:
         if thread is not None:
             thread.join(timeout=5)
         loop.close()
+
+
+_STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class _AppendStream:
+    """One AppendStream call to one node, driven entirely on the transport's loop thread.
+
+    Requests are written in order by one writer task; a reader task matches each answer
+    to its request by seq and runs the request's callback. A request not answered within
+    its timeout, or any failure of the call, ends the stream: every pending request gets
+    NodeUnavailable (it may or may not have been applied) and the next send opens a new
+    stream. A node that does not implement AppendStream is served by unary Appends.
+    """
+
+    def __init__(self, transport: GrpcTransport, address: str):
+        self.transport = transport
+        self.address = address
+        self.call = transport._stub(address).AppendStream()
+        self.pending: dict[int, tuple[AppendCallback, float]] = {}  # seq -> (callback, deadline); in seq order
+        self.outbox: deque[pb.AppendStreamRequest] = deque()
+        self.seq = 0
+        self.writing = False
+        self.ended = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_deadline = 0.0
+        self.reader = asyncio.ensure_future(self._read())
+
+    def send(self, sreq: pb.AppendStreamRequest, timeout_s: float, callback: AppendCallback) -> None:
+        self.seq += 1
+        sreq.seq = self.seq
+        deadline = time.monotonic() + timeout_s
+        self.pending[self.seq] = (callback, deadline)
+        self.outbox.append(sreq)
+        if not self.writing:
+            self.writing = True
+            asyncio.ensure_future(self._write())
+        if self.timer is None or deadline < self.timer_deadline:
+            self._arm(deadline)
+
+    def _arm(self, deadline: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer_deadline = deadline
+        self.timer = asyncio.get_running_loop().call_at(self._loop_time(deadline), self._check_deadline)
+
+    @staticmethod
+    def _loop_time(deadline: float) -> float:
+        return asyncio.get_running_loop().time() + max(0.0, deadline - time.monotonic())
+
+    def _check_deadline(self) -> None:
+        self.timer = None
+        if self.ended or not self.pending:
+            return
+        now = time.monotonic()
+        if any(now >= deadline for _cb, deadline in self.pending.values()):
+            self.fail(NodeUnavailable(self.address, "Append: DEADLINE_EXCEEDED (no answer on the stream)"))
+            return
+        self._arm(min(deadline for _cb, deadline in self.pending.values()))
+
+    async def _write(self) -> None:
+        try:
+            while self.outbox and not self.ended:
+                await self.call.write(self.outbox.popleft())
+        except Exception as exc:  # noqa: BLE001 - the call failed: the reader sees why
+            self.fail(self._translate(exc))
+        finally:
+            self.writing = False
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                resp = await self.call.read()
+                if resp is grpc.aio.EOF:
+                    raise NodeUnavailable(self.address, "AppendStream ended by the node")
+                entry = self.pending.pop(resp.seq, None)
+                if entry is None:
+                    continue
+                if resp.error_code:
+                    code = _STATUS_BY_NUMBER.get(resp.error_code, grpc.StatusCode.UNKNOWN)
+                    entry[0](None, make_storage_error(resp.error_reason, code, resp.error_message))
+                else:
+                    entry[0](resp.append, None)
+        except asyncio.CancelledError:
+            self.fail(NodeUnavailable(self.address, "Append: cancelled"))
+        except Exception as exc:  # noqa: BLE001 - every failure ends the stream
+            self.fail(self._translate(exc))
+
+    def _translate(self, exc: BaseException) -> Exception:
+        if isinstance(exc, NodeUnavailable):
+            return exc
+        if isinstance(exc, grpc.RpcError) and hasattr(exc, "code") and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            self.transport._stream_ended(self, unimplemented=True)
+        code = exc.code().name if isinstance(exc, grpc.RpcError) and hasattr(exc, "code") else type(exc).__name__
+        details = exc.details() if isinstance(exc, grpc.RpcError) and hasattr(exc, "details") else str(exc)
+        return NodeUnavailable(self.address, f"AppendStream: {code} {details}")
+
+    def fail(self, exc: Exception) -> None:
+        """End the stream; every request still waiting gets `exc`."""
+        if self.ended:
+            return
+        self.ended = True
+        self.transport._stream_ended(self, unimplemented=False)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.outbox.clear()
+        pending, self.pending = self.pending, {}
+        try:
+            self.call.cancel()
+        except Exception:  # noqa: BLE001
+            pass
+        for callback, _deadline in pending.values():
+            try:
+                callback(None, exc)
+            except Exception:  # noqa: BLE001 - one broken callback must not starve the others
+                pass
 
 
 # ---- gRPC errors --------------------------------------------------------------------

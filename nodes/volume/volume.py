@@ -27,7 +27,7 @@ from borealdb.errors import InvalidRequest, QuorumLost, StaleEpoch, Unavailable,
 from borealdb.nodes import redo
 from borealdb.nodes.log import get_logger
 from borealdb.nodes.volume.tracker import READ_QUORUM, REPLICAS, WRITE_QUORUM, LsnTracker
-from borealdb.nodes.volume.transport import NodeUnavailable, Transport, error_reason
+from borealdb.nodes.volume.transport import NodeUnavailable, Transport, error_reason, send_append
 from borealdb.protos import storage_pb2 as pb
 
 GiB = 1024**3
@@ -54,6 +54,17 @@ M_VDL = Gauge("boreal_volume_vdl", "Volume durable LSN", ["volume"])
 M_VCL = Gauge("boreal_volume_vcl", "Volume complete LSN", ["volume"])
 M_READS = Counter("boreal_volume_page_reads_total", "Page reads", ["volume", "outcome"])
 M_HEDGES = Counter("boreal_volume_read_hedges_total", "Reads sent to a second segment", ["volume"])
+
+
+class _VolumeMetrics:
+    """The labelled children of the module metrics for one volume (looked up once, not per RPC)."""
+
+    def __init__(self, volume_id: str):
+        self.commits = M_COMMITS.labels(volume_id)
+        self.records = M_RECORDS.labels(volume_id)
+        self.bytes_sent = M_BYTES_SENT.labels(volume_id)
+        self.rpc_records = M_RPC_RECORDS.labels(volume_id)
+        self.rpc_latency = M_RPC_LATENCY.labels(volume_id)
 
 
 # ---- configuration and value types ---------------------------------------------------
@@ -252,27 +263,26 @@ class _Sender:
 
     def _send(self, batch: list[pb.RedoRecord]) -> None:
         vol = self.vol
-        req = pb.AppendRequest(
-            volume_id=vol.volume_id, epoch=vol._epoch, vdl=vol._vdl_cache, min_read_point=vol.min_read_point()
-        )
+        sreq = pb.AppendStreamRequest()
+        req = sreq.append
+        req.volume_id = vol.volume_id
+        req.epoch = vol._epoch
+        req.vdl = vol._vdl_cache
+        req.min_read_point = vol.min_read_point()
         req.records.extend(batch)
         t0 = time.monotonic()
-        try:
-            fut = vol.transport.call(self.address, "Append", req, vol.config.rpc_timeout_s)
-        except Exception as exc:  # noqa: BLE001 - a transport that raises instead of failing the future
-            fut = cf.Future()
-            fut.set_exception(NodeUnavailable(self.address, str(exc)))
-        wire_bytes = req.ByteSize()
-        fut.add_done_callback(lambda f: self._done(batch, f, t0, wire_bytes))
+        send_append(vol.transport, self.address, sreq, vol.config.rpc_timeout_s,
+                    lambda resp, exc: self._done(batch, resp, exc, t0, sreq))
 
-    def _done(self, batch: list[pb.RedoRecord], fut: cf.Future, t0: float, wire_bytes: int = 0) -> None:
+    def _done(self, batch: list[pb.RedoRecord], resp: Any, exc: BaseException | None, t0: float,
+              sreq: pb.AppendStreamRequest | None = None) -> None:
         vol = self.vol
-        exc = _exception(fut, self.address)
         if exc is None:
-            resp = fut.result()
-            M_RPC_LATENCY.labels(vol.volume_id).observe(time.monotonic() - t0)
-            M_RPC_RECORDS.labels(vol.volume_id).observe(len(batch))
-            M_BYTES_SENT.labels(vol.volume_id).inc(wire_bytes)
+            m = vol._m
+            m.rpc_latency.observe(time.monotonic() - t0)
+            m.rpc_records.observe(len(batch))
+            if sreq is not None:
+                m.bytes_sent.inc(sreq.append.ByteSize())
             with self.lock:
                 self.inflight -= 1
                 self.failures = 0
@@ -359,6 +369,7 @@ class Volume:
         self.volume_id = config.volume_id
         self._nodes = config.node_infos()
         self._log = get_logger(component="volume", volume=config.volume_id)
+        self._m = _VolumeMetrics(config.volume_id)
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._grow_lock = threading.Lock()
@@ -563,8 +574,8 @@ class Volume:
                     self._sender(addr).enqueue(rec)
                     touched.add(addr)
             commit_lsn = self._next_lsn - 1
-        M_COMMITS.labels(self.volume_id).inc()
-        M_RECORDS.labels(self.volume_id).inc(n)
+        self._m.commits.inc()
+        self._m.records.inc(n)
         for addr in touched:
             self._senders[addr].pump()
         return commit_lsn
