@@ -194,12 +194,27 @@ _READ_KEYWORDS = {"SELECT", "VALUES", "EXPLAIN"}
 _COMMIT_KEYWORDS = {"COMMIT", "END"}
 
 
+_WORD = re.compile(r"[A-Za-z]+")
+# Applications run the same statements over and over: remember the keyword of recent
+# texts (bounded; cleared when full) instead of scanning each one again per execute().
+_KEYWORD_CACHE: dict[str, str] = {}
+_KEYWORD_CACHE_MAX = 1024
+_KEYWORD_CACHE_MAX_SQL = 4096  # longer texts are scanned every time, not kept
+
+
 def first_keyword(sql: str) -> str:
     """The statement's first keyword, upper-cased, skipping whitespace and comments."""
+    word = _KEYWORD_CACHE.get(sql)
+    if word is not None:
+        return word
     m = _LEADING.match(sql)
-    rest = sql[m.end():] if m else sql
-    word = re.match(r"[A-Za-z]+", rest)
-    return word.group(0).upper() if word else ""
+    found = _WORD.match(sql, m.end()) if m else _WORD.match(sql)
+    word = found.group(0).upper() if found else ""
+    if len(sql) <= _KEYWORD_CACHE_MAX_SQL:
+        if len(_KEYWORD_CACHE) >= _KEYWORD_CACHE_MAX:
+            _KEYWORD_CACHE.clear()
+        _KEYWORD_CACHE[sql] = word
+    return word
 
 
 def is_commit(sql: str) -> bool:

@@ -40,6 +40,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import grpc
+import grpc.experimental
 
 from borealdb import _wire, errors
 from borealdb.protos import sql_pb2, sql_pb2_grpc
@@ -52,6 +53,10 @@ DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_CLIENT_NAME = "borealdb-python"
 _ROWCOUNT_KEYWORDS = {"INSERT", "UPDATE", "DELETE", "REPLACE", "WITH"}
 _LASTROWID_KEYWORDS = {"INSERT", "REPLACE"}
+# Execute streams its result: with SingleThreadedUnaryStream the calling thread drives the
+# call itself instead of handing every message over from grpc's channel-spin thread
+# (two thread switches and GIL hand-offs per statement saved).
+_SYNC_CHANNEL_OPTIONS = _wire.CHANNEL_OPTIONS + [(grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)]
 
 
 def connect(
@@ -98,7 +103,7 @@ class Connection:
         self._in_tx = False
         self._closed = False
         self._active: Cursor | None = None  # the cursor whose result is streaming
-        self._channel = grpc.insecure_channel(address.target, options=_wire.CHANNEL_OPTIONS)
+        self._channel = grpc.insecure_channel(address.target, options=_SYNC_CHANNEL_OPTIONS)
         self._stub = sql_pb2_grpc.InstanceStub(self._channel)
         try:
             self._open_session()
@@ -345,8 +350,9 @@ class Cursor:
         conn = self.connection
         conn._before_request(self)
         self._reset()
-        self._keyword = _wire.first_keyword(sql)
-        self._outcome_unknown = _wire.is_commit(sql) or (not conn._in_tx and _wire.may_write(sql))
+        self._keyword = keyword = _wire.first_keyword(sql)
+        self._outcome_unknown = keyword in _wire._COMMIT_KEYWORDS or (
+            not conn._in_tx and keyword not in _wire._READ_KEYWORDS)
 
         def send(sid: str) -> None:
             req = sql_pb2.ExecuteRequest(session_id=sid, sql=sql, params=positional, named_params=named)
