@@ -86,11 +86,38 @@ class ClusterStateMissing(ClusterError):
 # ---- ports -----------------------------------------------------------------------
 
 
+def _ephemeral_floor() -> int:
+    """Lowest port the kernel hands out for outgoing connections (32768 on Linux by default)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Ports handed out by free_port() in this process, so two calls never return the same one.
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+_PORT_FLOOR = 20000
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS reports free on `host` right now (bind to port 0, then release)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port free on `host` now, below the kernel's range for outgoing connections.
+
+    Ports from that range (what binding to port 0 returns) can be taken by any
+    outgoing connection - gossip, gRPC clients - between this check and the node's
+    bind; ports below it are only taken by listeners."""
+    ceiling = _ephemeral_floor()
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(_PORT_FLOOR, ceiling)
+        with _handed_out_lock:
+            if port in _handed_out:
+                continue
+            if port_is_free(port, host):
+                _handed_out.add(port)
+                return port
+    raise ClusterError(f"found no free port on {host} in [{_PORT_FLOOR}, {ceiling})")
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -112,7 +139,7 @@ def find_free_base_port(count: int = INSTANCE_PORT_OFFSET + len(UP_INSTANCES), h
     (the default count covers what `boreal up` starts: storage B..B+5, writer B+10, readers B+11, B+12)."""
     rng = random.Random()
     for _ in range(attempts):
-        base = rng.randrange(20000, 60000 - METRICS_PORT_OFFSET - count)
+        base = rng.randrange(_PORT_FLOOR, _ephemeral_floor() - METRICS_PORT_OFFSET - count)
         ports = [base + i for i in range(count)] + [base + METRICS_PORT_OFFSET + i for i in range(count)]
         if all(port_is_free(p, host) for p in ports):
             return base
