@@ -18,7 +18,6 @@ error mapping and lazy streaming are as in borealdb.dbapi.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -26,7 +25,7 @@ import grpc
 import grpc.aio
 
 from borealdb import _wire, errors
-from borealdb.dbapi import _LASTROWID_KEYWORDS, _ROWCOUNT_KEYWORDS, DEFAULT_CLIENT_NAME, DEFAULT_TIMEOUT_S
+from borealdb.dbapi import _LASTROWID_KEYWORDS, DEFAULT_CLIENT_NAME, DEFAULT_TIMEOUT_S, _CursorBase
 from borealdb.protos import sql_pb2, sql_pb2_grpc
 
 
@@ -188,47 +187,8 @@ class AsyncConnection:
             await self.close()
 
 
-class AsyncCursor:
-    def __init__(self, connection: AsyncConnection):
-        self.connection = connection
-        self.arraysize = 1
-        self.lastrowid: int | None = None
-        self._closed = False
-        self._reset()
-
-    def _reset(self) -> None:
-        self._call: Any = None
-        self._rows: deque[tuple] = deque()
-        self._done = True
-        self._error: errors.Error | None = None
-        self._keyword = ""
-        self._outcome_unknown = False
-        self.description: tuple[tuple, ...] | None = None
-        self.rowcount = -1
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise errors.InterfaceError("the cursor is closed")
-        self.connection._check_open()
-
-    def _absorb(self, resp: sql_pb2.ExecuteResponse) -> None:
-        if resp.columns and self.description is None:
-            self.description = tuple((c.name, c.decl_type, None, None, None, None, None) for c in resp.columns)
-        if resp.rows:
-            self._rows.extend(_wire.decode_row(r) for r in resp.rows)
-        if resp.last:
-            self._finish()
-            self.connection._in_tx = resp.in_transaction
-            if self.description is None or self._keyword in _ROWCOUNT_KEYWORDS:
-                self.rowcount = resp.rows_affected
-            if self._keyword in _LASTROWID_KEYWORDS:
-                self.lastrowid = resp.last_insert_rowid
-
-    def _finish(self) -> None:
-        self._done = True
-        self._call = None
-        if self.connection._active is self:
-            self.connection._active = None
+class AsyncCursor(_CursorBase):
+    """The asyncio flavour of borealdb.Cursor: same bookkeeping, awaited I/O."""
 
     async def _read_batch(self) -> bool:
         if self._done:
@@ -236,31 +196,15 @@ class AsyncCursor:
         try:
             resp = await self._call.read()
         except grpc.RpcError as e:
-            self._finish()
-            self._error = _wire.error_from_rpc(e, outcome_unknown=self._outcome_unknown, what="reading the result")
-            if self._error.in_transaction is not None:
-                self.connection._in_tx = self._error.in_transaction
-            return False
+            return self._stream_failed(e)
         if resp is grpc.aio.EOF:
-            self._finish()
-            self._error = errors.InterfaceError("the server ended the result without its final message")
-            return False
+            return self._stream_ended_early()
         self._absorb(resp)
         return True
 
     async def _drain(self) -> None:
         while await self._read_batch():
             pass
-
-    def _cancel(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
-        self._finish()
-
-    def _raise_pending(self) -> None:
-        if self._error is not None:
-            exc, self._error = self._error, None
-            raise exc
 
     async def execute(self, sql: str, params: Any = ()) -> "AsyncCursor":
         self._check_open()
@@ -311,12 +255,6 @@ class AsyncCursor:
         if self._keyword in _LASTROWID_KEYWORDS:
             self.lastrowid = resp.last_insert_rowid
         return self
-
-    def _require_result(self) -> None:
-        self._check_open()
-        if self.description is None:
-            self._raise_pending()
-            raise errors.ProgrammingError("no result set: the last statement returns no rows (or none was executed)")
 
     async def fetchone(self) -> tuple | None:
         self._require_result()

@@ -260,10 +260,11 @@ class Connection:
         return f"<borealdb.Connection {self.url} {state}>"
 
 
-class Cursor:
-    """PEP 249 cursor. Rows are tuples; results stream lazily from the server."""
+class _CursorBase:
+    """Result-stream bookkeeping shared by Cursor and borealdb.aio.AsyncCursor;
+    subclasses add the I/O (reading the next message, synchronously or not)."""
 
-    def __init__(self, connection: Connection):
+    def __init__(self, connection: Any):
         self.connection = connection
         self.arraysize = 1
         self.description: tuple[tuple, ...] | None = None
@@ -287,7 +288,6 @@ class Cursor:
             raise errors.InterfaceError("the cursor is closed")
         self.connection._check_open()
 
-    # -- streaming
     def _absorb(self, resp: sql_pb2.ExecuteResponse) -> None:
         if resp.columns and self.description is None:
             self.description = tuple((c.name, c.decl_type, None, None, None, None, None) for c in resp.columns)
@@ -307,28 +307,17 @@ class Cursor:
         if self.connection._active is self:
             self.connection._active = None
 
-    def _read_batch(self) -> bool:
-        """Read one more message of the result; False once it is complete."""
-        if self._done:
-            return False
-        try:
-            resp = next(self._call)
-        except StopIteration:
-            self._finish()
-            self._error = errors.InterfaceError("the server ended the result without its final message")
-            return False
-        except grpc.RpcError as e:
-            self._finish()
-            self._error = _wire.error_from_rpc(e, outcome_unknown=self._outcome_unknown, what="reading the result")
-            if self._error.in_transaction is not None:
-                self.connection._in_tx = self._error.in_transaction
-            return False
-        self._absorb(resp)
-        return True
+    def _stream_ended_early(self) -> bool:
+        self._finish()
+        self._error = errors.InterfaceError("the server ended the result without its final message")
+        return False
 
-    def _drain(self) -> None:
-        while self._read_batch():
-            pass
+    def _stream_failed(self, e: grpc.RpcError) -> bool:
+        self._finish()
+        self._error = _wire.error_from_rpc(e, outcome_unknown=self._outcome_unknown, what="reading the result")
+        if self._error.in_transaction is not None:
+            self.connection._in_tx = self._error.in_transaction
+        return False
 
     def _cancel(self) -> None:
         if self._call is not None:
@@ -339,6 +328,33 @@ class Cursor:
         if self._error is not None:
             exc, self._error = self._error, None
             raise exc
+
+    def _require_result(self) -> None:
+        self._check_open()
+        if self.description is None:
+            self._raise_pending()
+            raise errors.ProgrammingError("no result set: the last statement returns no rows (or none was executed)")
+
+
+class Cursor(_CursorBase):
+    """PEP 249 cursor. Rows are tuples; results stream lazily from the server."""
+
+    def _read_batch(self) -> bool:
+        """Read one more message of the result; False once it is complete."""
+        if self._done:
+            return False
+        try:
+            resp = next(self._call)
+        except StopIteration:
+            return self._stream_ended_early()
+        except grpc.RpcError as e:
+            return self._stream_failed(e)
+        self._absorb(resp)
+        return True
+
+    def _drain(self) -> None:
+        while self._read_batch():
+            pass
 
     # -- PEP 249
     def execute(self, sql: str, params: Any = ()) -> "Cursor":
@@ -398,12 +414,6 @@ class Cursor:
         if self._keyword in _LASTROWID_KEYWORDS:
             self.lastrowid = resp.last_insert_rowid
         return self
-
-    def _require_result(self) -> None:
-        self._check_open()
-        if self.description is None:
-            self._raise_pending()
-            raise errors.ProgrammingError("no result set: the last statement returns no rows (or none was executed)")
 
     def fetchone(self) -> tuple | None:
         self._require_result()
