@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import threading
+import time
+from typing import Any, Callable, Sequence
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -18,3 +20,25 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     print("  ".join(str(h).rjust(w) for h, w in zip(header, widths)))
     for row in rows:
         print("  ".join(str(v).rjust(w) for v, w in zip(row, widths)))
+
+
+def run_workers(count: int, duration_s: float, loop: Callable[[int, float], None]) -> float:
+    """Run loop(i, deadline) on `count` threads that start together; return the elapsed seconds.
+
+    Each loop runs until time.monotonic() passes `deadline` (the same for all)."""
+    barrier = threading.Barrier(count + 1)
+    deadline = [0.0]
+
+    def run(i: int) -> None:
+        barrier.wait()
+        loop(i, deadline[0])
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
+    for t in threads:
+        t.start()
+    deadline[0] = time.monotonic() + duration_s
+    t0 = time.monotonic()
+    barrier.wait()
+    for t in threads:
+        t.join()
+    return time.monotonic() - t0

@@ -22,12 +22,11 @@ import argparse
 import json
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from dataclasses import asdict, dataclass
 
-from borealdb.nodes.benchutil import percentile, print_table
+from borealdb.nodes.benchutil import percentile, print_table, run_workers
 
 VALUE = "v" * 100
 
@@ -65,13 +64,10 @@ def _run_threads(clients: int, duration_s: float, make_conn, insert) -> tuple[li
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
     conns = [make_conn() for _ in range(clients)]
-    barrier = threading.Barrier(clients + 1)
-    stop_at = [0.0]
 
-    def worker(i: int) -> None:
+    def worker(i: int, deadline: float) -> None:
         conn, mine = conns[i], latencies[i]
-        barrier.wait()
-        while time.monotonic() < stop_at[0]:
+        while time.monotonic() < deadline:
             t0 = time.perf_counter()
             try:
                 insert(conn)
@@ -82,15 +78,7 @@ def _run_threads(clients: int, duration_s: float, make_conn, insert) -> tuple[li
                 continue
             mine.append(time.perf_counter() - t0)
 
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
-    for t in threads:
-        t.start()
-    stop_at[0] = time.monotonic() + duration_s
-    t0 = time.monotonic()
-    barrier.wait()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - t0
+    elapsed = run_workers(clients, duration_s, worker)
     for c in conns:
         try:
             c.close()

@@ -28,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from borealdb.nodes.benchutil import percentile, print_table
+from borealdb.nodes.benchutil import percentile, print_table, run_workers
 
 VALUE = "v" * 100
 
@@ -158,15 +158,11 @@ def _measure_selects(d: _Driver, connections: int, duration_s: float) -> SelectR
     conn0.close()
     lat: list[list[float]] = [[] for _ in range(connections)]
     errors = [0]
-    stop_at = [0.0]
-    barrier = threading.Barrier(connections + 1)
+    conns = [d.connect_replicas[i % len(d.connect_replicas)]() for i in range(connections)]
 
-    def worker(i: int) -> None:
-        conn = d.connect_replicas[i % len(d.connect_replicas)]()
-        rnd = random.Random(i)
-        barrier.wait()
-        mine = lat[i]
-        while time.monotonic() < stop_at[0]:
+    def worker(i: int, deadline: float) -> None:
+        conn, rnd, mine = conns[i], random.Random(i), lat[i]
+        while time.monotonic() < deadline:
             t = time.perf_counter()
             try:
                 d.point(conn, rnd.randint(1, top))
@@ -174,17 +170,10 @@ def _measure_selects(d: _Driver, connections: int, duration_s: float) -> SelectR
                 errors[0] += 1
                 continue
             mine.append(time.perf_counter() - t)
-        conn.close()
 
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(connections)]
-    for t in threads:
-        t.start()
-    stop_at[0] = time.monotonic() + duration_s
-    t0 = time.monotonic()
-    barrier.wait()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - t0
+    elapsed = run_workers(connections, duration_s, worker)
+    for conn in conns:
+        conn.close()
     all_lat = sorted(x for per in lat for x in per)
     return SelectResult(d.system, connections, round(len(all_lat) / elapsed, 1), round(percentile(all_lat, 0.5) * 1000, 3),
                         round(percentile(all_lat, 0.99) * 1000, 3), errors[0])

@@ -22,7 +22,6 @@ import random
 import struct
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 from prometheus_client import REGISTRY
 
 from borealdb.nodes import redo
-from borealdb.nodes.benchutil import percentile, print_table
+from borealdb.nodes.benchutil import percentile, print_table, run_workers
 
 
 @dataclass
@@ -65,14 +64,11 @@ def run_level(volume, *, concurrency: int, duration_s: float, records_per_commit
     page_size = desc.page_size
     latencies_s: list[list[float]] = [[] for _ in range(concurrency)]
     errors = [0] * concurrency
-    stop_at = [0.0]
-    start_barrier = threading.Barrier(concurrency + 1)
 
-    def client(i: int) -> None:
+    def client(i: int, deadline: float) -> None:
         rng = random.Random(i)
         mine = latencies_s[i]
-        start_barrier.wait()
-        while time.monotonic() < stop_at[0]:
+        while time.monotonic() < deadline:
             changes = [PageChange(rng.randrange(pages), redo.PAGE_DELTA, _delta_payload(rng, payload_bytes, page_size)) for _ in range(records_per_commit)]
             t0 = time.perf_counter()
             try:
@@ -89,15 +85,7 @@ def run_level(volume, *, concurrency: int, duration_s: float, records_per_commit
     rpc_records0 = _sample("boreal_volume_records_per_append_rpc_sum", vid)
     wire0 = _sample("boreal_volume_bytes_sent_total", vid)
     records0 = _sample("boreal_volume_records_total", vid)
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    stop_at[0] = time.monotonic() + duration_s
-    t_start = time.monotonic()
-    start_barrier.wait()
-    for t in threads:
-        t.join()
-    elapsed_s = time.monotonic() - t_start
+    elapsed_s = run_workers(concurrency, duration_s, client)
     rpcs = _sample("boreal_volume_records_per_append_rpc_count", vid) - rpcs0
     rpc_records = _sample("boreal_volume_records_per_append_rpc_sum", vid) - rpc_records0
     wire = _sample("boreal_volume_bytes_sent_total", vid) - wire0
