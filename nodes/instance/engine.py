@@ -24,6 +24,7 @@ covers the writer's last commit LSN as of the end of the statement.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import secrets
@@ -203,14 +204,23 @@ class SqlEngine:
                 self.close_session(sid)
 
     # ---- execution -------------------------------------------------------------------
-    def execute(self, session_id: str, sql: str, params: Any = None, batch_rows: int = 0) -> Iterator[tuple[list[tuple[str, str]] | None, list[tuple], Outcome | None]]:
-        """Run one statement; yields (columns or None, rows, outcome or None), outcome last."""
+    @contextlib.contextmanager
+    def _session_request(self, session_id: str, sql: str, params: Any) -> Iterator[Session]:
+        """One request of a session: checked, one at a time per session, idle clock reset."""
         session = self.session(session_id)
         self._check_statement(sql, params)
         if not session.busy.acquire(timeout=self.options.lock_timeout_s):
             raise SqlError("LOCK_TIMEOUT", "another request of this session is still running")
         try:
             session.last_used_s = time.monotonic()
+            yield session
+        finally:
+            session.last_used_s = time.monotonic()
+            session.busy.release()
+
+    def execute(self, session_id: str, sql: str, params: Any = None, batch_rows: int = 0) -> Iterator[tuple[list[tuple[str, str]] | None, list[tuple], Outcome | None]]:
+        """Run one statement; yields (columns or None, rows, outcome or None), outcome last."""
+        with self._session_request(session_id, sql, params) as session:
             word = _first_word(sql)
             self._refuse_unsupported(word, sql)
             if word == "BEGIN":
@@ -227,17 +237,9 @@ class SqlEngine:
                 yield from self._run_on_writer(session, sql, params, batch_rows, autocommit=True)
             else:
                 yield from self._run_autocommit_read(session, sql, params, batch_rows)
-        finally:
-            session.last_used_s = time.monotonic()
-            session.busy.release()
 
     def execute_many(self, session_id: str, sql: str, param_sets: list[Any]) -> Outcome:
-        session = self.session(session_id)
-        self._check_statement(sql, None)
-        if not session.busy.acquire(timeout=self.options.lock_timeout_s):
-            raise SqlError("LOCK_TIMEOUT", "another request of this session is still running")
-        try:
-            session.last_used_s = time.monotonic()
+        with self._session_request(session_id, sql, None) as session:
             for params in param_sets:
                 self._check_params(params)
             autocommit = not session.in_transaction
@@ -269,9 +271,6 @@ class SqlEngine:
             if commit_lsn:
                 session.last_commit_lsn = max(session.last_commit_lsn, commit_lsn)
             return Outcome(rows_affected=total, last_insert_rowid=rowid, in_transaction=session.in_transaction, commit_lsn=commit_lsn)
-        finally:
-            session.last_used_s = time.monotonic()
-            session.busy.release()
 
     # ---- statement kinds ----------------------------------------------------------------
     def _begin(self, session: Session, sql: str) -> Outcome:

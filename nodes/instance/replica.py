@@ -610,12 +610,7 @@ class ReaderEngine(SqlEngine):
         return _NoWriter()
 
     def execute(self, session_id: str, sql: str, params: Any = None, batch_rows: int = 0):
-        session = self.session(session_id)
-        self._check_statement(sql, params)
-        if not session.busy.acquire(timeout=self.options.lock_timeout_s):
-            raise SqlError("LOCK_TIMEOUT", "another request of this session is still running")
-        try:
-            session.last_used_s = time.monotonic()
+        with self._session_request(session_id, sql, params) as session:
             word = _first_word(sql)
             self._refuse_unsupported(word, sql)
             if word == "BEGIN":
@@ -640,9 +635,6 @@ class ReaderEngine(SqlEngine):
                 raise self._read_only(session)
             else:
                 yield from self._read(session, sql, params, batch_rows)
-        finally:
-            session.last_used_s = time.monotonic()
-            session.busy.release()
 
     def execute_many(self, session_id: str, sql: str, param_sets: list[Any]) -> Outcome:
         session = self.session(session_id)
