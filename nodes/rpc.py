@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from concurrent import futures
+from typing import Any
+
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 SERVER_OPTIONS = [
@@ -22,3 +27,26 @@ CLIENT_CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.keepalive_time_ms", 10_000),
 ]
+
+
+class AioServer:
+    """Handle of a grpc.aio server running on an event-loop thread, with the calls of a
+    synchronous grpc.Server: stop(grace).wait(), wait_for_termination()."""
+
+    def __init__(self, server: Any, loop: asyncio.AbstractEventLoop, pools: list[futures.ThreadPoolExecutor]):
+        self._server, self._loop, self._pools = server, loop, pools
+        self._stopped = threading.Event()
+
+    def stop(self, grace: float | None) -> threading.Event:
+        if not self._stopped.is_set():
+            try:
+                asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop).result(timeout=(grace or 0) + 10)
+            except Exception:  # noqa: BLE001 - stopping is best effort
+                pass
+            for pool in self._pools:
+                pool.shutdown(wait=False, cancel_futures=True)
+            self._stopped.set()
+        return self._stopped
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)

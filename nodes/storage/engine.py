@@ -145,6 +145,21 @@ class GroupCommitter:
                 self._syncing = True
                 self._sync_locked()
 
+    def try_sync_inline(self, ticket: int) -> bool:
+        """Make `ticket` durable in the calling thread if no fsync is running; True if it
+        is durable now, False if another thread is syncing (then use sync_async).
+
+        For the event loop: an fsync on the loop costs ~0.2 ms of stall, while handing
+        it to the syncer thread and back cost more CPU (two thread switches) per batch."""
+        with self._cv:
+            if self._synced >= ticket:
+                return True
+            if self._syncing:
+                return False
+            self._syncing = True
+            self._sync_locked()
+            return self._synced >= ticket
+
     def sync_async(self, ticket: int, loop, fut) -> bool:
         """True if `ticket` is already durable; else `fut` (an asyncio future of `loop`)
         gets set_result(None) once it is (or an exception if the fsync failed)."""

@@ -17,7 +17,7 @@ from concurrent import futures
 
 import grpc
 
-from borealdb.nodes.rpc import CLIENT_CHANNEL_OPTIONS, SERVER_OPTIONS
+from borealdb.nodes.rpc import CLIENT_CHANNEL_OPTIONS, SERVER_OPTIONS, AioServer
 
 from borealdb.nodes.log import configure_logging
 from borealdb.nodes.metrics import start_metrics_server
@@ -139,7 +139,7 @@ class StorageServicer(pb_grpc.StorageNodeServicer):
                 batch = list(ready)
                 ready.clear()
                 ticket = max((st.ticket for _seq, st in batch if not isinstance(st, StorageError)), default=0)
-                if ticket:
+                if ticket and not e.committer.try_sync_inline(ticket):
                     fut = loop.create_future()
                     if not e.committer.sync_async(ticket, loop, fut):
                         await asyncio.shield(fut)
@@ -221,30 +221,7 @@ class _ServerLoop:
             return cls._loop
 
 
-class StorageServer:
-    """Handle of a running aio server (same calls as grpc.Server: stop(grace).wait())."""
-
-    def __init__(self, server: grpc.aio.Server, loop: asyncio.AbstractEventLoop,
-                 pool: futures.ThreadPoolExecutor):
-        self._server, self._loop, self._pool = server, loop, pool
-        self._stopped = threading.Event()
-
-    def stop(self, grace: float | None) -> threading.Event:
-        if not self._stopped.is_set():
-            try:
-                asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop).result(
-                    timeout=(grace or 0) + 10)
-            except Exception:  # noqa: BLE001 - stopping is best effort
-                pass
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._stopped.set()
-        return self._stopped
-
-    def wait_for_termination(self, timeout: float | None = None) -> bool:
-        return self._stopped.wait(timeout)
-
-
-def start_server(engine: StorageEngine, listen: str) -> tuple[StorageServer, int]:
+def start_server(engine: StorageEngine, listen: str) -> tuple[AioServer, int]:
     loop = _ServerLoop.get()
     pool = futures.ThreadPoolExecutor(max_workers=SERVER_WORKERS, thread_name_prefix="storage-rpc")
 
@@ -262,7 +239,7 @@ def start_server(engine: StorageEngine, listen: str) -> tuple[StorageServer, int
     except BaseException:
         pool.shutdown(wait=False)
         raise
-    return StorageServer(server, loop, pool), port
+    return AioServer(server, loop, [pool]), port
 
 
 class GrpcPeer:
