@@ -226,6 +226,25 @@ def may_write(sql: str) -> bool:
     return first_keyword(sql) not in _READ_KEYWORDS
 
 
+_RETURNING = re.compile(r"\bRETURNING\b", re.I)
+
+
+def one_message(sql: str) -> bool:
+    """Whether to send the statement with ExecuteOne (one round trip) rather than the
+    Execute stream: everything except writes with a RETURNING clause, whose result may
+    be large and must not be run twice. A read whose result turns out too large for one
+    message is refused by the server with STREAM_REQUIRED, having changed nothing."""
+    return _RETURNING.search(sql) is None
+
+
+def stream_required(err: Any) -> bool:
+    """True if an ExecuteOne failed only because the statement must be sent with Execute
+    (its result does not fit one message, or the server predates ExecuteOne)."""
+    if rpc_status_name(err) == "UNIMPLEMENTED":
+        return True
+    return _metadata(err).get("boreal-error", "").strip() == "STREAM_REQUIRED"
+
+
 # ---- errors -----------------------------------------------------------------------
 
 # The server's stable codes (sql.proto SqlErrorCode) -> classes. SQL errors follow
@@ -247,6 +266,7 @@ ERROR_CLASSES: dict[str, type[errors.Error]] = {
     "INTERNAL": errors.InternalError,
     "UNAVAILABLE": errors.Unavailable,
     "MISUSE": errors.ProgrammingError,
+    "STREAM_REQUIRED": errors.InterfaceError,  # handled by the client itself (falls back to Execute)
 }
 
 # gRPC status names (when the server sent no boreal-error) -> classes.

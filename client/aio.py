@@ -59,6 +59,7 @@ class AsyncConnection:
         self._in_tx = False
         self._closed = False
         self._active: AsyncCursor | None = None
+        self._execute_one = True  # the server has ExecuteOne (single-message results)
         self._channel = grpc.aio.insecure_channel(address.target, options=_wire.CHANNEL_OPTIONS)
         self._stub = sql_pb2_grpc.InstanceStub(self._channel)
 
@@ -122,9 +123,8 @@ class AsyncConnection:
         await self._before_request(None)
 
         async def send(sid: str) -> None:
-            async for resp in self._stub.Execute(sql_pb2.ExecuteRequest(session_id=sid, sql=sql), timeout=self.timeout_s):
-                if resp.last:
-                    self._in_tx = resp.in_transaction
+            resp = await self._stub.ExecuteOne(sql_pb2.ExecuteRequest(session_id=sid, sql=sql), timeout=self.timeout_s)
+            self._in_tx = resp.in_transaction
 
         await self._request(send, outcome_unknown=outcome_unknown, what=sql)
 
@@ -219,6 +219,17 @@ class AsyncCursor(_CursorBase):
 
         async def send(sid: str) -> None:
             req = sql_pb2.ExecuteRequest(session_id=sid, sql=sql, params=positional, named_params=named)
+            if conn._execute_one and _wire.one_message(sql):
+                try:
+                    resp = await conn._stub.ExecuteOne(req, timeout=conn.timeout_s)
+                except grpc.RpcError as e:
+                    if not _wire.stream_required(e):
+                        raise
+                    if _wire.rpc_status_name(e) == "UNIMPLEMENTED":
+                        conn._execute_one = False  # an older server: streams only
+                else:
+                    self._absorb(resp)
+                    return
             call = conn._stub.Execute(req, timeout=conn.timeout_s)
             first = await call.read()
             if first is grpc.aio.EOF:

@@ -103,6 +103,7 @@ class Connection:
         self._in_tx = False
         self._closed = False
         self._active: Cursor | None = None  # the cursor whose result is streaming
+        self._execute_one = True  # the server has ExecuteOne (single-message results)
         self._channel = grpc.insecure_channel(address.target, options=_SYNC_CHANNEL_OPTIONS)
         self._stub = sql_pb2_grpc.InstanceStub(self._channel)
         try:
@@ -185,9 +186,8 @@ class Connection:
         what = sql.split()[0].upper()
 
         def send(sid: str) -> None:
-            for resp in self._stub.Execute(sql_pb2.ExecuteRequest(session_id=sid, sql=sql), timeout=self.timeout_s):
-                if resp.last:
-                    self._in_tx = resp.in_transaction
+            resp = self._stub.ExecuteOne(sql_pb2.ExecuteRequest(session_id=sid, sql=sql), timeout=self.timeout_s)
+            self._in_tx = resp.in_transaction
 
         self._request(send, outcome_unknown=outcome_unknown, what=what)
 
@@ -372,6 +372,17 @@ class Cursor(_CursorBase):
 
         def send(sid: str) -> None:
             req = sql_pb2.ExecuteRequest(session_id=sid, sql=sql, params=positional, named_params=named)
+            if conn._execute_one and _wire.one_message(sql):
+                try:
+                    resp = conn._stub.ExecuteOne(req, timeout=conn.timeout_s)
+                except grpc.RpcError as e:
+                    if not _wire.stream_required(e):
+                        raise
+                    if _wire.rpc_status_name(e) == "UNIMPLEMENTED":
+                        conn._execute_one = False  # an older server: streams only
+                else:
+                    self._absorb(resp)
+                    return
             call = conn._stub.Execute(req, timeout=conn.timeout_s)
             try:
                 first = next(call)

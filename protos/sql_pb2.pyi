@@ -25,6 +25,7 @@ class SqlErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INTERNAL: _ClassVar[SqlErrorCode]
     UNAVAILABLE: _ClassVar[SqlErrorCode]
     MISUSE: _ClassVar[SqlErrorCode]
+    STREAM_REQUIRED: _ClassVar[SqlErrorCode]
 SQL_ERROR_CODE_UNSPECIFIED: SqlErrorCode
 SQL_ERROR: SqlErrorCode
 SYNTAX_ERROR: SqlErrorCode
@@ -41,6 +42,7 @@ STALE_EPOCH: SqlErrorCode
 INTERNAL: SqlErrorCode
 UNAVAILABLE: SqlErrorCode
 MISUSE: SqlErrorCode
+STREAM_REQUIRED: SqlErrorCode
 
 class NullValue(_message.Message):
     __slots__ = ()

@@ -49,6 +49,11 @@ class InstanceStub:
                 request_serializer=sql__pb2.ExecuteRequest.SerializeToString,
                 response_deserializer=sql__pb2.ExecuteResponse.FromString,
                 _registered_method=True)
+        self.ExecuteOne = channel.unary_unary(
+                '/borealdb.sql.v1.Instance/ExecuteOne',
+                request_serializer=sql__pb2.ExecuteRequest.SerializeToString,
+                response_deserializer=sql__pb2.ExecuteResponse.FromString,
+                _registered_method=True)
         self.ExecuteMany = channel.unary_unary(
                 '/borealdb.sql.v1.Instance/ExecuteMany',
                 request_serializer=sql__pb2.ExecuteManyRequest.SerializeToString,
@@ -82,6 +87,17 @@ class InstanceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExecuteOne(self, request, context):
+        """Execute answered by one message (the whole result with the outcome, as the last
+        message of Execute carries it): one round trip, about half the cost of a stream.
+        A statement whose result is larger than batch_rows rows (the server default if 0)
+        or 1 MiB and that changed nothing fails with STREAM_REQUIRED: send it with Execute.
+        A statement that changed the database always gets its whole result here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExecuteMany(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -109,6 +125,11 @@ def add_InstanceServicer_to_server(servicer, server):
             ),
             'Execute': grpc.unary_stream_rpc_method_handler(
                     servicer.Execute,
+                    request_deserializer=sql__pb2.ExecuteRequest.FromString,
+                    response_serializer=sql__pb2.ExecuteResponse.SerializeToString,
+            ),
+            'ExecuteOne': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExecuteOne,
                     request_deserializer=sql__pb2.ExecuteRequest.FromString,
                     response_serializer=sql__pb2.ExecuteResponse.SerializeToString,
             ),
@@ -202,6 +223,33 @@ class Instance:
             request,
             target,
             '/borealdb.sql.v1.Instance/Execute',
+            sql__pb2.ExecuteRequest.SerializeToString,
+            sql__pb2.ExecuteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecuteOne(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borealdb.sql.v1.Instance/ExecuteOne',
             sql__pb2.ExecuteRequest.SerializeToString,
             sql__pb2.ExecuteResponse.FromString,
             options,

@@ -85,6 +85,33 @@ class Outcome:
 
 
 @dataclass
+class Deferred:
+    """A request whose caller (the asyncio server) waits for durability itself.
+
+    The engine then never blocks a thread on the volume or on the write lock: it notes
+    the LSN the reply must wait for, and raises WriteLockBusy / RouteToWriter /
+    WaitDurable for the caller to wait (asynchronously) and retry."""
+
+    durable_lsn: int = 0   # the reply may leave only once VDL >= this
+
+
+class WriteLockBusy(Exception):
+    """Deferred mode: another session's transaction holds the write lock; nothing was done."""
+
+
+class RouteToWriter(Exception):
+    """Deferred mode: a statement tried on a snapshot writes; nothing was done, run it on the writer."""
+
+
+class WaitDurable(Exception):
+    """Deferred mode: the session's last commit is not durable yet; nothing was done."""
+
+    def __init__(self, lsn: int):
+        super().__init__(lsn)
+        self.lsn = lsn
+
+
+@dataclass
 class Session:
     session_id: str
     client_name: str
@@ -94,6 +121,9 @@ class Session:
     last_commit_lsn: int = 0
     busy: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = False
+    deferred: Deferred | None = None   # set for the duration of a deferred request
+    serial: Any = None                  # the asyncio server's per-session lock
+    closing: Any = None                 # the asyncio server: an abandoned result still closing
 
 
 _PRAGMA = re.compile(r"\s*PRAGMA\s+(?:\w+\.)?(?P<name>\w+)\s*(?P<arg>[=(])?", re.I)
@@ -147,6 +177,7 @@ class SqlEngine:
         self._ids = itertools.count(1)
         self.commits = 0
         self.fenced_reason: str | None = None
+        self.on_write_lock_released: Any = None  # called (any thread) after each release of the write lock
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap_loop, name="session-reaper", daemon=True)
         self._reaper.start()
@@ -205,22 +236,37 @@ class SqlEngine:
 
     # ---- execution -------------------------------------------------------------------
     @contextlib.contextmanager
-    def _session_request(self, session_id: str, sql: str, params: Any) -> Iterator[Session]:
+    def _session_request(self, session_id: str, sql: str, params: Any,
+                         deferred: Deferred | None = None) -> Iterator[Session]:
         """One request of a session: checked, one at a time per session, idle clock reset."""
         session = self.session(session_id)
         self._check_statement(sql, params)
-        if not session.busy.acquire(timeout=self.options.lock_timeout_s):
+        # A deferred caller serializes a session's requests itself: never block its thread.
+        if not session.busy.acquire(timeout=0 if deferred is not None else self.options.lock_timeout_s):
             raise SqlError("LOCK_TIMEOUT", "another request of this session is still running")
         try:
             session.last_used_s = time.monotonic()
+            session.deferred = deferred
             yield session
         finally:
+            session.deferred = None
             session.last_used_s = time.monotonic()
             session.busy.release()
 
-    def execute(self, session_id: str, sql: str, params: Any = None, batch_rows: int = 0) -> Iterator[tuple[list[tuple[str, str]] | None, list[tuple], Outcome | None]]:
-        """Run one statement; yields (columns or None, rows, outcome or None), outcome last."""
-        with self._session_request(session_id, sql, params) as session:
+    def runs_on_writer(self, session_id: str, sql: str) -> bool:
+        """Whether execute() would use the writer connection (routing for the asyncio server;
+        a statement routed to a snapshot that turns out to write raises RouteToWriter)."""
+        session = self.session(session_id)
+        word = _first_word(sql)
+        return (session.in_transaction or word in ("BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE")
+                or word in _WRITE_KEYWORDS or (word == "PRAGMA" and "=" in sql))
+
+    def execute(self, session_id: str, sql: str, params: Any = None, batch_rows: int = 0,
+                deferred: Deferred | None = None) -> Iterator[tuple[list[tuple[str, str]] | None, list[tuple], Outcome | None]]:
+        """Run one statement; yields (columns or None, rows, outcome or None), outcome last.
+
+        With `deferred`, nothing blocks: see Deferred."""
+        with self._session_request(session_id, sql, params, deferred) as session:
             word = _first_word(sql)
             self._refuse_unsupported(word, sql)
             if word == "BEGIN":
@@ -238,8 +284,8 @@ class SqlEngine:
             else:
                 yield from self._run_autocommit_read(session, sql, params, batch_rows)
 
-    def execute_many(self, session_id: str, sql: str, param_sets: list[Any]) -> Outcome:
-        with self._session_request(session_id, sql, None) as session:
+    def execute_many(self, session_id: str, sql: str, param_sets: list[Any], deferred: Deferred | None = None) -> Outcome:
+        with self._session_request(session_id, sql, None, deferred) as session:
             for params in param_sets:
                 self._check_params(params)
             autocommit = not session.in_transaction
@@ -326,6 +372,8 @@ class SqlEngine:
             self._fence("the volume epoch was raised by a newer writer")
             raise SqlError("STALE_EPOCH", "this instance is no longer the writer; reconnect to the current writer")
         if session.last_commit_lsn > self.volume.vdl:
+            if session.deferred is not None:
+                raise WaitDurable(session.last_commit_lsn)
             self._wait_durable(session.last_commit_lsn, session)
         try:
             read_lsn = self.db.visible_lsn()
@@ -344,6 +392,8 @@ class SqlEngine:
         except (apsw.Error, BorealError) as exc:
             raise self._sql_error(exc, session) from None
         # The statement writes: run it on the writer.
+        if session.deferred is not None:
+            raise RouteToWriter()
         yield from self._run_on_writer(session, sql, params, batch_rows, autocommit=True)
 
     def _run_on_writer(self, session: Session, sql: str, params: Any, batch_rows: int, *, autocommit: bool):
@@ -444,6 +494,10 @@ class SqlEngine:
             raise SqlError("STALE_EPOCH", f"this instance is no longer the writer: {self.fenced_reason or 'fenced by a newer epoch'}")
         if self.volume.read_only:
             raise SqlError("READ_ONLY", "the volume is open read-only (no write quorum at recovery)")
+        if session.deferred is not None:
+            if not self._write_lock.acquire(blocking=False):
+                raise WriteLockBusy()
+            return
         if not self._write_lock.acquire(timeout=self.options.lock_timeout_s):
             raise SqlError("LOCK_TIMEOUT", f"waited {self.options.lock_timeout_s:g}s for the write lock "
                            f"(held by a transaction of another session)")
@@ -451,6 +505,11 @@ class SqlEngine:
     def _release_writer(self, session: Session) -> None:
         self._write_owner = None
         self._write_lock.release()
+        if self.on_write_lock_released is not None:
+            self.on_write_lock_released()
+
+    def write_lock_held(self) -> bool:
+        return self._write_lock.locked()
 
     def _end_transaction(self, session: Session) -> None:
         session.in_transaction = False
@@ -483,15 +542,22 @@ class SqlEngine:
     def _wait_durable(self, lsn: int, session: Session) -> None:
         if lsn <= 0:
             return
+        if session.deferred is not None:
+            session.deferred.durable_lsn = max(session.deferred.durable_lsn, lsn)
+            return
         try:
             self.volume.wait_durable(lsn, timeout_s=self.options.commit_timeout_s)
-        except StaleEpoch as exc:
+        except (StaleEpoch, QuorumLost, Unavailable) as exc:
+            raise self.durability_error(exc, lsn, session) from None
+
+    def durability_error(self, exc: BaseException, lsn: int, session: Session) -> SqlError:
+        """The SqlError for a failed wait for VDL >= lsn (fences this writer on StaleEpoch)."""
+        if isinstance(exc, StaleEpoch):
             self._fence(str(exc))
-            raise SqlError("STALE_EPOCH", f"this writer was fenced before LSN {lsn} became durable; outcome unknown: {exc}",
-                           in_transaction=session.in_transaction) from None
-        except (QuorumLost, Unavailable) as exc:
-            raise SqlError("QUORUM_LOST", f"LSN {lsn} is not durable yet (outcome unknown): {exc}",
-                           in_transaction=session.in_transaction) from None
+            return SqlError("STALE_EPOCH", f"this writer was fenced before LSN {lsn} became durable; outcome unknown: {exc}",
+                            in_transaction=session.in_transaction)
+        return SqlError("QUORUM_LOST", f"LSN {lsn} is not durable yet (outcome unknown): {exc}",
+                        in_transaction=session.in_transaction)
 
     def _fence(self, reason: str) -> None:
         if self.fenced_reason is None:

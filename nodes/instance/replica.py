@@ -31,6 +31,7 @@ Reader side (`ReplicaDatabase`, `ReplicaFollower`, `ReaderEngine`)
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import concurrent.futures as cf
 import queue
@@ -98,10 +99,16 @@ class _Subscriber:
     def __post_init__(self) -> None:
         self.groups: deque[rpb.RedoGroup] = deque()
         self.bytes = 0
+        self.wake: asyncio.Event | None = None   # set on the loop: something to send
+        self.wake_pending = False                 # a cross-thread wake-up is already queued
 
 
 class RedoPublisher(rpbg.RedoStreamServicer):
-    """Ships commit groups and VDL advances to subscribed replicas (one per writer)."""
+    """Ships commit groups and VDL advances to subscribed replicas (one per writer).
+
+    The RedoStream service runs on the event loop that also receives the storage acks,
+    so a VDL advance reaches the replicas' streams without a thread hand-off; groups
+    published by the writer thread wake a stream once per batch, not per commit."""
 
     def __init__(self, db: Any, node_id: str, *, max_buffer_bytes: int = 64 << 20, heartbeat_s: float = 0.1,
                  max_replicas: int = 15):
@@ -111,15 +118,18 @@ class RedoPublisher(rpbg.RedoStreamServicer):
         self.max_buffer_bytes = max_buffer_bytes
         self.heartbeat_s = heartbeat_s
         self.max_replicas = max_replicas
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._subs: list[_Subscriber] = []
         self.last_published = 0
         self._stopped = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_tid = 0
+        self._durable_hook = False
         db.publisher = self
 
     # ---- the hook (called by the writer connection's xSync) --------------------------------
     def publish(self, commit_lsn: int, changes: list) -> None:
-        with self._cond:
+        with self._lock:
             self.last_published = commit_lsn
             if not self._subs:
                 return
@@ -138,36 +148,61 @@ class RedoPublisher(rpbg.RedoStreamServicer):
                     sub.lost = True
                     sub.groups.clear()
                     sub.bytes = 0
-            self._cond.notify_all()
+        self._wake()
         try:
             self.volume.durable_future(commit_lsn).add_done_callback(self._wake)
         except BorealError:
             pass
 
-    def _wake(self, _fut: cf.Future | None = None) -> None:
-        with self._cond:
-            self._cond.notify_all()
+    def _wake(self, _fut: Any = None) -> None:
+        """Wake every stream; from any thread (on the loop itself without a hand-off)."""
+        loop = self._loop
+        if loop is None:
+            return
+        on_loop = threading.get_ident() == self._loop_tid
+        with self._lock:
+            subs = list(self._subs)
+        for sub in subs:
+            if sub.wake is None:
+                continue
+            if on_loop:
+                sub.wake.set()
+            elif not sub.wake_pending:
+                sub.wake_pending = True
+                try:
+                    loop.call_soon_threadsafe(self._wake_on_loop, sub)
+                except RuntimeError:  # the loop is closed: the process is stopping
+                    pass
+
+    @staticmethod
+    def _wake_on_loop(sub: _Subscriber) -> None:
+        sub.wake_pending = False
+        if sub.wake is not None:
+            sub.wake.set()
 
     # ---- the RedoStream service -------------------------------------------------------------
-    def Subscribe(self, request_iterator, context):
+    async def Subscribe(self, request_iterator, context):
+        self._loop, self._loop_tid = asyncio.get_running_loop(), threading.get_ident()
+        reports = request_iterator.__aiter__()
         try:
-            first = next(request_iterator)
-        except StopIteration:
+            first = await reports.__anext__()
+        except StopAsyncIteration:
             return
         sub = _Subscriber(first.replica_id or context.peer(), first.az, first.address)
-        with self._cond:
-            if len([s for s in self._subs if not s.closed]) >= self.max_replicas:
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"this writer already serves {self.max_replicas} replicas")
-            start = max(self.last_published, self.volume.vdl)
-            tips = self.volume.pg_tips(start)
-            for old in self._subs:
-                if old.replica_id == sub.replica_id:
-                    old.closed = True  # the same replica resubscribed: its old stream is dead
-            self._subs = [s for s in self._subs if s.replica_id != sub.replica_id] + [sub]
+        sub.wake = asyncio.Event()
+        with self._lock:
+            full = len([s for s in self._subs if not s.closed]) >= self.max_replicas
+            if not full:
+                start = max(self.last_published, self.volume.vdl)
+                tips = self.volume.pg_tips(start)
+                for old in self._subs:
+                    if old.replica_id == sub.replica_id:
+                        old.closed = True  # the same replica resubscribed: its old stream is dead
+                self._subs = [s for s in self._subs if s.replica_id != sub.replica_id] + [sub]
+        if full:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"this writer already serves {self.max_replicas} replicas")
         self._note_report(sub, first)
-        reader = threading.Thread(target=self._read_reports, args=(sub, request_iterator), daemon=True,
-                                  name=f"replica-reports-{sub.replica_id}")
-        reader.start()
+        reader = asyncio.ensure_future(self._read_reports(sub, reports))
         _log.info("replica_subscribed", replica=sub.replica_id, az=sub.az, start_lsn=start, epoch=self.volume.epoch)
         desc = self.volume.descriptor()
         hello = rpb.Hello(writer_id=self.node_id, epoch=self.volume.epoch, start_lsn=start,
@@ -176,19 +211,18 @@ class RedoPublisher(rpbg.RedoStreamServicer):
         try:
             yield rpb.RedoMessage(hello=hello, vdl=min(self.volume.vdl, start), writer_time_us=_now_us())
             sent_vdl = 0
-            while context.is_active() and not self._stopped and not sub.closed:
-                with self._cond:
-                    deadline = time.monotonic() + self.heartbeat_s
-                    while True:
-                        vdl = min(self.volume.vdl, max(self.last_published, start))
-                        if sub.groups or sub.lost or vdl > sent_vdl or self._stopped or sub.closed:
-                            break
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            break
-                        self._cond.wait(left)
-                    if sub.lost:
-                        break
+            while not self._stopped and not sub.closed:
+                vdl = min(self.volume.vdl, max(self.last_published, start))
+                if not (sub.groups or sub.lost or vdl > sent_vdl):
+                    sub.wake.clear()
+                    try:  # with nothing new, a heartbeat (the VDL again) every heartbeat_s
+                        await asyncio.wait_for(sub.wake.wait(), self.heartbeat_s)
+                    except asyncio.TimeoutError:
+                        pass
+                    vdl = min(self.volume.vdl, max(self.last_published, start))
+                if self._stopped or sub.closed or sub.lost:
+                    break
+                with self._lock:
                     groups = list(sub.groups)
                     sub.groups.clear()
                     sub.bytes = 0
@@ -199,20 +233,22 @@ class RedoPublisher(rpbg.RedoStreamServicer):
             if sub.lost:
                 _log.warning("replica_cut_off", replica=sub.replica_id, reason="buffer overflow",
                              max_buffer_bytes=self.max_buffer_bytes)
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              f"replica {sub.replica_id} fell more than {self.max_buffer_bytes} bytes of redo behind; resubscribe")
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"replica {sub.replica_id} fell more than {self.max_buffer_bytes} bytes of redo behind; resubscribe")
         finally:
+            reader.cancel()
             self._drop(sub)
 
-    def _read_reports(self, sub: _Subscriber, request_iterator) -> None:
+    async def _read_reports(self, sub: _Subscriber, reports) -> None:
         try:
-            for msg in request_iterator:
+            async for msg in reports:
                 self._note_report(sub, msg)
         except Exception:  # noqa: BLE001 - the stream ended
             pass
         finally:
             sub.closed = True
-            self._wake()
+            if sub.wake is not None:
+                sub.wake.set()
 
     def _note_report(self, sub: _Subscriber, msg: rpb.ReplicaMessage) -> None:
         sub.applied_lsn = max(sub.applied_lsn, msg.applied_lsn)
@@ -232,7 +268,7 @@ class RedoPublisher(rpbg.RedoStreamServicer):
 
     def _drop(self, sub: _Subscriber) -> None:
         sub.closed = True
-        with self._cond:
+        with self._lock:
             if sub in self._subs:
                 self._subs.remove(sub)
         if sub.token is not None:
@@ -242,7 +278,7 @@ class RedoPublisher(rpbg.RedoStreamServicer):
 
     def replicas(self) -> list[dict[str, Any]]:
         vdl = self.volume.vdl
-        with self._cond:
+        with self._lock:
             subs = list(self._subs)
         return [{"node_id": s.replica_id, "az": s.az, "address": s.address, "applied_lsn": s.applied_lsn,
                  "lag_lsn": max(0, vdl - s.applied_lsn), "lag_ms": s.lag_ms, "min_read_point": s.min_read_point}
@@ -609,8 +645,12 @@ class ReaderEngine(SqlEngine):
     def _open_writer(self) -> Any:
         return _NoWriter()
 
-    def execute(self, session_id: str, sql: str, params: Any = None, batch_rows: int = 0):
-        with self._session_request(session_id, sql, params) as session:
+    def runs_on_writer(self, session_id: str, sql: str) -> bool:
+        self.session(session_id)
+        return False  # a replica has no writer connection: every statement runs on a snapshot
+
+    def execute(self, session_id: str, sql: str, params: Any = None, batch_rows: int = 0, deferred: Any = None):
+        with self._session_request(session_id, sql, params, deferred) as session:
             word = _first_word(sql)
             self._refuse_unsupported(word, sql)
             if word == "BEGIN":
@@ -636,7 +676,7 @@ class ReaderEngine(SqlEngine):
             else:
                 yield from self._read(session, sql, params, batch_rows)
 
-    def execute_many(self, session_id: str, sql: str, param_sets: list[Any]) -> Outcome:
+    def execute_many(self, session_id: str, sql: str, param_sets: list[Any], deferred: Any = None) -> Outcome:
         session = self.session(session_id)
         raise self._read_only(session)
 

@@ -160,6 +160,11 @@ class GrpcTransport:
                 self._loop, self._thread, self._loop_tid = loop, thread, thread.ident or 0
             return self._loop
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop that drives the channels (an aio server may share it)."""
+        return self._ensure_loop()
+
     def _stub(self, address: str):
         from borealdb.protos import storage_pb2_grpc
 

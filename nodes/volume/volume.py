@@ -604,11 +604,16 @@ class Volume:
         try:
             return fut.result(timeout_s)
         except cf.TimeoutError:
-            lacking = self._pgs_without_write_quorum()
-            msg = f"lsn {lsn} not durable after {timeout_s}s (vdl {self.vdl}, vcl {self.vcl})"
-            if lacking:
-                raise QuorumLost(f"{msg}: fewer than {WRITE_QUORUM} reachable segments in pg(s) {lacking}") from None
-            raise Unavailable(msg) from None
+            raise self.durability_timeout_error(lsn, timeout_s) from None
+
+    def durability_timeout_error(self, lsn: int, timeout_s: float | None) -> Exception:
+        """What a wait for VDL >= lsn that timed out means: QuorumLost (naming the PGs
+        without a reachable write quorum) or Unavailable."""
+        lacking = self._pgs_without_write_quorum()
+        msg = f"lsn {lsn} not durable after {timeout_s}s (vdl {self.vdl}, vcl {self.vcl})"
+        if lacking:
+            return QuorumLost(f"{msg}: fewer than {WRITE_QUORUM} reachable segments in pg(s) {lacking}")
+        return Unavailable(msg)
 
     def _prune_pg_lsns(self, lsns: list[int]) -> None:
         floor = min(self._read_points.values()) if self._read_points else self._tracker.vdl

@@ -138,6 +138,31 @@ def test_large_result_streams(conn, table):
     assert len(cur.fetchall()) == n - 5
 
 
+def test_one_message_results_and_their_fallback_to_the_stream(conn, table, url):
+    """ExecuteOne answers small results in one message; a read too large for one message
+    is refused with STREAM_REQUIRED having changed nothing, and the client streams it."""
+    import grpc
+
+    from borealdb.protos import sql_pb2, sql_pb2_grpc
+
+    conn.executemany(f"INSERT INTO {table} (id, name) VALUES (?, ?)", [(i, f"n{i}") for i in range(1200)])
+    with grpc.insecure_channel(url.removeprefix("boreal://").rstrip("/")) as channel:
+        stub = sql_pb2_grpc.InstanceStub(channel)
+        sid = stub.OpenSession(sql_pb2.OpenSessionRequest(client_name="raw")).session_id
+        one = stub.ExecuteOne(sql_pb2.ExecuteRequest(session_id=sid, sql=f"SELECT count(*) FROM {table}"))
+        assert one.last and [c.name for c in one.columns] == ["count(*)"] and one.rows[0].values[0].integer == 1200
+        with pytest.raises(grpc.RpcError) as e:
+            stub.ExecuteOne(sql_pb2.ExecuteRequest(session_id=sid, sql=f"SELECT id FROM {table}", batch_rows=100))
+        assert dict(e.value.trailing_metadata())["boreal-error"] == "STREAM_REQUIRED"
+        # the session is still usable, and a write through ExecuteOne commits durably
+        done = stub.ExecuteOne(sql_pb2.ExecuteRequest(session_id=sid, sql=f"INSERT INTO {table} (name) VALUES ('one')"))
+        assert done.last and done.rows_affected == 1 and done.commit_lsn > 0
+    assert len(conn.execute(f"SELECT id FROM {table}").fetchall()) == 1201      # streamed by the client
+    rows = conn.execute(f"UPDATE {table} SET n = n + 1 WHERE id < 700 RETURNING id").fetchall()
+    assert len(rows) == 700                                                     # a write: never run twice
+    assert conn.execute(f"SELECT sum(n) FROM {table}").fetchone() == (700,)
+
+
 def test_executemany(conn, table):
     cur = conn.cursor()
     cur.executemany(f"INSERT INTO {table} (name, n) VALUES (?, ?)", [("a", 1), ("b", 2), ("c", 3)])

@@ -66,6 +66,8 @@ def replicas(make_cluster):
     cur.execute("INSERT INTO seq VALUES (1, 0)")
     cur.executemany("INSERT INTO acct(balance) VALUES (?)", [(BALANCE,)] * ACCOUNTS)
     w.close()
+    for node in cluster.readers():  # the invariants below hold from the first funded state on
+        _caught_up(cluster, node)
     return cluster
 
 

@@ -294,3 +294,17 @@ def test_error_docstring_tree_names_every_class():
     for name in errors.__all__:
         if name not in ("Warning",):
             assert name in errors.__doc__, name
+
+
+def test_one_message_unless_returning():
+    assert _wire.one_message("INSERT INTO t(v) VALUES (?)")
+    assert _wire.one_message("SELECT * FROM t")
+    assert not _wire.one_message("DELETE FROM t WHERE id < 5 RETURNING id")
+    assert not _wire.one_message("insert into t(v) values (1) returning *")
+    assert _wire.one_message("SELECT returning_total FROM t")  # a column name, not the clause
+
+
+def test_stream_required_is_recognised():
+    assert _wire.stream_required(FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "x", [("boreal-error", "STREAM_REQUIRED")]))
+    assert _wire.stream_required(FakeRpcError(grpc.StatusCode.UNIMPLEMENTED, "no ExecuteOne"))
+    assert not _wire.stream_required(FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "x", [("boreal-error", "MISUSE")]))

@@ -3,6 +3,7 @@ writer's RedoPublisher feeding a ReplicaDatabase in the same process."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
@@ -90,48 +91,42 @@ def test_a_new_epoch_or_a_gap_drops_the_cache(storage):
 
 
 class _Ctx:
-    def __init__(self):
-        self.active = True
-
-    def is_active(self):
-        return self.active
-
     def peer(self):
         return "in-process"
 
-    def abort(self, code, message):
+    async def abort(self, code, message):
         raise RuntimeError(f"{code}: {message}")
 
 
 @pytest.fixture
 def pair(storage):
-    """A writer SqlEngine with a RedoPublisher and a ReaderEngine following it in-process."""
+    """A writer SqlEngine with a RedoPublisher and a ReaderEngine following it in-process
+    (the publisher's stream runs on an event loop thread, as in the server)."""
     vol = storage.volume()
     writer = SqlEngine(VolumeDatabase(vol, cache_capacity_bytes=4 << 20), node_id="i-w")
     publisher = RedoPublisher(writer.db, "i-w", heartbeat_s=0.02)
     db = attach(storage, vol)
-    stop = threading.Event()
-    ctx = _Ctx()
+    loop = asyncio.new_event_loop()
+    stopped = asyncio.Event()
 
-    def reports():
+    async def reports():
         yield rpb.ReplicaMessage(replica_id="i-r")
-        stop.wait()
+        await stopped.wait()
 
-    def follow():
-        for msg in publisher.Subscribe(reports(), ctx):
+    async def follow():
+        async for msg in publisher.Subscribe(reports(), _Ctx()):
             if msg.HasField("hello"):
                 db.on_hello(msg.hello)
             db.on_message(msg)
-            if stop.is_set():
+            if stopped.is_set():
                 break
 
-    t = threading.Thread(target=follow, daemon=True)
+    t = threading.Thread(target=loop.run_until_complete, args=(follow(),), daemon=True)
     t.start()
     db.wait_view(0, 10)
     reader = ReaderEngine(db, None, node_id="i-r")
     yield writer, reader, publisher
-    stop.set()
-    ctx.active = False
+    loop.call_soon_threadsafe(stopped.set)
     publisher.stop()
     t.join(5)
     reader.close()
