@@ -94,7 +94,9 @@ class GroupCommitter:
     per loop and batch (the asyncio gRPC server uses it, so no RPC holds a thread)."""
 
     def __init__(self, node_id: str):
-        self._cv = threading.Condition()
+        lock = threading.Lock()
+        self._cv = threading.Condition(lock)    # an fsync finished (sync() callers, the syncer)
+        self._work = threading.Condition(lock)  # the syncer has new async waiters (or must stop)
         self._written = 0
         self._synced = 0
         self._syncing = False
@@ -171,7 +173,7 @@ class GroupCommitter:
                 self._syncer = threading.Thread(target=self._syncer_loop, name=f"storage-fsync-{self._node}",
                                                 daemon=True)
                 self._syncer.start()
-            self._cv.notify_all()
+            self._work.notify()
             return False
 
     def _syncer_loop(self) -> None:
@@ -203,12 +205,13 @@ class GroupCommitter:
                 if self._async and self._syncing:
                     self._cv.wait()  # another thread is syncing: it notifies when done
                 elif not self._async:
-                    self._cv.wait()
+                    self._work.wait()  # idle: not woken by every fsync of the loop's inline syncs
 
     def stop(self) -> None:
         with self._cv:
             self._stopping = True
             self._cv.notify_all()
+            self._work.notify_all()
             t = self._syncer
         if t is not None:
             t.join(timeout=10)

@@ -86,3 +86,30 @@ def test_record_checksum_covers_every_field():
         changed.CopyFrom(rec)
         setattr(changed, field, value)
         assert not redo.record_ok(changed), field
+
+
+def test_check_delta_accepts_exactly_what_apply_delta_accepts():
+    import random
+    import struct
+
+    rnd = random.Random(7)
+    page_size = 4096
+    samples = [b"", struct.pack("<HH", 0, 0), struct.pack("<HH", 4090, 10) + b"x" * 10, b"\x01\x00\x02"]
+    for _ in range(2000):
+        parts = []
+        for _p in range(rnd.randint(1, 3)):
+            off, length = rnd.choice([(rnd.randrange(page_size), rnd.randint(1, 64)), (rnd.randrange(70000), rnd.randint(0, 9))])
+            parts.append(struct.pack("<HH", off % 65536, length) + bytes(rnd.randint(0, length + 2)))
+        samples.append(b"".join(parts))
+    for delta in samples:
+        try:
+            redo.apply_delta(None, delta, page_size)
+            applies = True
+        except redo.DeltaError:
+            applies = False
+        try:
+            redo.check_delta(delta, page_size)
+            checks = True
+        except redo.DeltaError:
+            checks = False
+        assert applies == checks, delta
