@@ -124,8 +124,10 @@ class RedoPublisher(rpbg.RedoStreamServicer):
         self._stopped = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_tid = 0
-        self._durable_hook = False
         db.publisher = self
+        # Streams wake on VDL advances only: a group is sent with the VDL that makes it
+        # visible, one message per advance instead of one per commit plus one per advance.
+        self.volume.add_vdl_listener(self._wake)
 
     # ---- the hook (called by the writer connection's xSync) --------------------------------
     def publish(self, commit_lsn: int, changes: list) -> None:
@@ -148,11 +150,8 @@ class RedoPublisher(rpbg.RedoStreamServicer):
                     sub.lost = True
                     sub.groups.clear()
                     sub.bytes = 0
-        self._wake()
-        try:
-            self.volume.durable_future(commit_lsn).add_done_callback(self._wake)
-        except BorealError:
-            pass
+        if self.volume.vdl >= commit_lsn:
+            self._wake()  # the acks beat this call: their VDL advance found the group not yet here
 
     def _wake(self, _fut: Any = None) -> None:
         """Wake every stream; from any thread (on the loop itself without a hand-off)."""

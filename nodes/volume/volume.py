@@ -397,6 +397,7 @@ class Volume:
         self._pending_bytes = 0
         self._waiters: list[tuple[int, int, cf.Future]] = []
         self._waiter_seq = itertools.count()
+        self._vdl_listeners: list[Any] = []
         self._read_points: dict[int, int] = {}
         self._read_seq = itertools.count(1)
         self._senders: dict[str, _Sender] = {}
@@ -615,6 +616,12 @@ class Volume:
             return QuorumLost(f"{msg}: fewer than {WRITE_QUORUM} reachable segments in pg(s) {lacking}")
         return Unavailable(msg)
 
+    def add_vdl_listener(self, fn) -> None:
+        """Call fn(vdl) after every VDL advance, on the thread that processed the acks
+        (the transport's): cheaper than a durable_future per commit for a follower of
+        every advance (the replicas' redo streams). fn must not block."""
+        self._vdl_listeners.append(fn)
+
     def _prune_pg_lsns(self, lsns: list[int]) -> None:
         floor = min(self._read_points.values()) if self._read_points else self._tracker.vdl
         i = bisect.bisect_right(lsns, floor) - 1
@@ -658,11 +665,16 @@ class Volume:
                                       last_lsn=self._tracker.last_lsn)
                     continue
                 moved |= self._tracker.ack(ack.pg, address, ack.scl)
+            before = self._vdl_cache
             if moved:
                 done = self._after_advance()
+            advanced = self._vdl_cache > before
         for fut, vdl in done:
             if not fut.done():
                 fut.set_result(vdl)
+        if advanced:
+            for fn in self._vdl_listeners:
+                fn(self._vdl_cache)
 
     def _after_advance(self) -> list[tuple[cf.Future, int]]:
         """Under the lock: publish VCL/VDL, release byte budget, collect satisfied waiters."""
