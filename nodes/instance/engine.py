@@ -139,19 +139,29 @@ class _NeedsWriter(Exception):
     """Raised by the exec tracer when a statement routed to a snapshot would write."""
 
 
-def _one_statement_trace(*, readonly: bool):
-    """An apsw exec tracer: refuse a second statement, and (readonly) stop before any write."""
-    count = [0]
+class _OneStatementTrace:
+    """An apsw exec tracer: refuses a second statement, (readonly) stops before any
+    write, and keeps the statement's columns. They are read here, before the first
+    step: once a statement has completed (a SELECT with no rows) apsw no longer
+    describes it, but DB-API clients still need the columns of an empty result."""
 
-    def trace(cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
-        count[0] += 1
-        if count[0] > 1:
+    def __init__(self, *, readonly: bool):
+        self.readonly = readonly
+        self.count = 0
+        self.description: tuple = ()
+
+    def __call__(self, cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
+        self.count += 1
+        if self.count > 1:
             raise SqlError("MISUSE", "one statement per execute: split the script into statements")
-        if readonly and not cursor.is_readonly:
+        if self.readonly and not cursor.is_readonly:
             raise _NeedsWriter()
+        self.description = cursor.get_description()
         return True
 
-    return trace
+
+def _one_statement_trace(*, readonly: bool) -> _OneStatementTrace:
+    return _OneStatementTrace(readonly=readonly)
 
 
 def _first_word(sql: str) -> str:
@@ -461,9 +471,11 @@ class SqlEngine:
     @staticmethod
     def _columns(cursor: apsw.Cursor) -> list[tuple[str, str]]:
         try:
-            return [(name, decl or "") for name, decl in cursor.get_description()]
-        except apsw.ExecutionCompleteError:
-            return []
+            description = cursor.get_description()
+        except apsw.ExecutionCompleteError:  # done already (no rows): the tracer kept the columns
+            trace = cursor.exec_trace
+            description = trace.description if isinstance(trace, _OneStatementTrace) else ()
+        return [(name, decl or "") for name, decl in description]
 
     @staticmethod
     def _refuse_unsupported(word: str, sql: str) -> None:

@@ -117,6 +117,8 @@ def test_fetch(conn, table):
     assert cur.fetchall() == [(8,), (9,), (10,)]
     assert cur.fetchone() is None and cur.fetchmany() == [] and cur.fetchall() == []
     assert [r[0] for r in cur.execute(f"SELECT id FROM {table} WHERE id > 8 ORDER BY id")] == [9, 10]
+    cur.execute(f"SELECT id, name FROM {table} WHERE id = ?", (99,))   # no rows: still a result set
+    assert [d[0] for d in cur.description] == ["id", "name"] and cur.fetchone() is None
     cur.execute(f"DELETE FROM {table} WHERE id = 1")
     with pytest.raises(borealdb.ProgrammingError):
         cur.fetchall()  # the statement returns no rows

@@ -284,3 +284,17 @@ def test_snapshots_never_read_a_commit_whose_pages_are_not_yet_cached(storage):
     with db.snapshot() as snap:
         assert snap.execute("SELECT group_concat(v) FROM t").fetchone()[0] == "after"
     db.close()
+
+
+def test_an_empty_result_still_has_its_columns(make_engine):
+    """DB-API: a SELECT with no rows has a description (fetchone() -> None, not an error)."""
+    engine = make_engine()
+    sid = engine.open_session().session_id
+    run(engine, sid, "CREATE TABLE e(id INTEGER PRIMARY KEY, name TEXT)")
+    snapshot = list(engine.execute(sid, "SELECT id, name FROM e WHERE id = ?", (7,)))
+    assert snapshot[0][0] == [("id", "INTEGER"), ("name", "TEXT")] and snapshot[-1][1] == []
+    run(engine, sid, "BEGIN")   # inside a transaction the read runs on the writer connection
+    on_writer = list(engine.execute(sid, "SELECT name FROM e WHERE id = 7"))
+    run(engine, sid, "COMMIT")
+    assert on_writer[0][0] == [("name", "TEXT")] and on_writer[-1][1] == []
+    assert list(engine.execute(sid, "DELETE FROM e WHERE id = 7"))[0][0] == []   # no result set at all

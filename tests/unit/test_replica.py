@@ -142,6 +142,8 @@ def test_end_to_end_reads_follow_the_writer_and_writes_are_read_only(pair):
     r = reader.open_session().session_id
     reader.db.wait_view(lsn, 10)
     assert run(reader, r, "SELECT count(*), sum(balance) FROM acct")[0] == [(50, 5000)]
+    empty = list(reader.execute(r, "SELECT id, balance FROM acct WHERE id = -1"))
+    assert empty[0][0] == [("id", "INTEGER"), ("balance", "INTEGER")] and empty[-1][1] == []
     for sql in ("INSERT INTO acct(balance) VALUES (1)", "UPDATE acct SET balance = 0", "CREATE TABLE x(a)"):
         with pytest.raises(SqlError) as e:
             run(reader, r, sql)
