@@ -1,13 +1,13 @@
 """`boreal bench lag`: read replica lag and replica read throughput (optionally vs a PostgreSQL standby).
 
-Lag is measured end to end through the client library: writer threads insert rows
-into `lag_kv` at a paced rate (and then unpaced, at the highest rate they reach) and
-note when each INSERT was acknowledged; one poller connection per replica runs
-`SELECT max(id) FROM lag_kv` in a loop and notes when each id first became visible.
-Lag = visible on the replica - acknowledged by the writer (a row may be visible
-before its ack reaches the client: such samples count as 0). The poll loop's own
-round trip bounds the resolution. Then 8 connections spread over the replicas run
-point SELECTs by primary key for a fixed time.
+Lag is measured as the PostgreSQL anchor measures it (shared/anchors/pg_lag.py): a
+probe connection INSERTs a row on the writer and, once the INSERT is acknowledged,
+polls one replica (alternating) with a point SELECT until the row is visible; lag =
+visible - acknowledged, so the final poll's round trip is included. A probe every
+20 ms while a separate process (so that its threads do not share the probe's
+interpreter lock) loads the writer with INSERTs at a paced rate, then unpaced at the
+highest rate its threads reach. Then 8 connections spread over the replicas run point
+SELECTs by primary key for a fixed time.
 
 By default a private cluster (6 storage nodes, writer i-a1, readers i-b1 and i-c1)
 is started on 127.0.0.1 in a temporary directory. `--url boreal://W/ --replicas
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import queue
 import random
 import sys
 import tempfile
@@ -55,20 +56,45 @@ class SelectResult:
     errors: int
 
 
-class _Driver:
-    """What differs between borealdb and PostgreSQL."""
+PROBE_GAP_S = 0.02      # between lag probes, as the PostgreSQL anchor's pg_lag.py
+PROBE_TIMEOUT_S = 10.0  # a row not visible on a replica after this counts as an error
 
-    def __init__(self, system: str, connect_writer: Callable[[], Any], connect_replicas: list[Callable[[], Any]],
-                 placeholder: str):
+
+def _connect(spec: tuple[str, str]):
+    """A connection from a picklable spec: ("borealdb", URL) or ("postgresql", DSN)."""
+    kind, address = spec
+    if kind == "borealdb":
+        import borealdb
+
+        return borealdb.connect(address, client_name="boreal-bench-lag")
+    import psycopg
+
+    return psycopg.connect(address, autocommit=True)
+
+
+class _Driver:
+    def __init__(self, system: str, writer: tuple[str, str], replicas: list[tuple[str, str]], placeholder: str):
         self.system = system
-        self.connect_writer = connect_writer
-        self.connect_replicas = connect_replicas
+        self.writer = writer
+        self.replicas = replicas
         self.ph = placeholder
+
+    def connect_writer(self):
+        return _connect(self.writer)
+
+    @property
+    def connect_replicas(self) -> list[Callable[[], Any]]:
+        return [lambda spec=spec: _connect(spec) for spec in self.replicas]
 
     def insert(self, conn) -> int:
         cur = conn.cursor()
         cur.execute(f"INSERT INTO lag_kv(v) VALUES ({self.ph}) RETURNING id", (VALUE,))
         return cur.fetchone()[0]
+
+    def visible(self, conn, key: int) -> bool:
+        cur = conn.cursor()
+        cur.execute(f"SELECT 1 FROM lag_kv WHERE id = {self.ph}", (key,))
+        return cur.fetchone() is not None
 
     def max_id(self, conn) -> int:
         cur = conn.cursor()
@@ -81,75 +107,86 @@ class _Driver:
         cur.fetchall()
 
 
-def _measure_lag(d: _Driver, load: str, rate: float | None, writers: int, duration_s: float) -> LagResult:
-    acked: dict[int, float] = {}
-    seen: list[dict[int, float]] = [dict() for _ in d.connect_replicas]
-    errors = [0]
+def _load(writer: tuple[str, str], placeholder: str, rate: float | None, threads: int, duration_s: float,
+          out, ready) -> None:
+    """The load process: `threads` connections INSERT for duration_s (paced to `rate` in
+    total, or as fast as they go); puts (inserts, errors) on `out`."""
+    d = _Driver("", writer, [], placeholder)
+    done, errors = [0], [0]
     lock = threading.Lock()
-    stop = threading.Event()
-    start_id = [0]
-    conn0 = d.connect_writer()
-    start_id[0] = d.max_id(conn0)
-    conn0.close()
 
-    def writer(i: int) -> None:
+    def worker(i: int, deadline: float) -> None:
         conn = d.connect_writer()
-        interval = writers / rate if rate else 0.0
+        interval = threads / rate if rate else 0.0
         next_t = time.perf_counter() + random.random() * interval
-        while not stop.is_set():
+        while time.monotonic() < deadline:
             if interval:
                 delay = next_t - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
                 next_t += interval
             try:
-                key = d.insert(conn)
-            except Exception as exc:  # noqa: BLE001 - counted
+                d.insert(conn)
+            except Exception:  # noqa: BLE001 - counted
                 errors[0] += 1
-                if errors[0] == 1:
-                    print(f"  writer: {type(exc).__name__}: {exc}", file=sys.stderr)
                 continue
-            t = time.perf_counter()
             with lock:
-                acked[key] = t
+                done[0] += 1
         conn.close()
 
-    def poller(j: int) -> None:
-        conn = d.connect_replicas[j]()
-        mine = seen[j]
-        last = start_id[0]
-        while not stop.is_set():
+    ready.set()
+    run_workers(threads, duration_s, worker)
+    out.put((done[0], errors[0]))
+
+
+def _measure_lag(d: _Driver, load: str, rate: float | None, writers: int, duration_s: float) -> LagResult:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no fork of our threads and channels
+    out, ready = ctx.Queue(), ctx.Event()
+    loader = ctx.Process(target=_load, args=(d.writer, d.ph, rate, writers, duration_s, out, ready), daemon=True)
+    loader.start()
+    if not ready.wait(60):
+        loader.terminate()
+        raise RuntimeError("the load process did not start")
+    writer = d.connect_writer()
+    replicas = [make() for make in d.connect_replicas]
+    lags: list[float] = []
+    errors = 0
+    probes = 0
+    t0 = time.monotonic()
+    deadline = t0 + duration_s
+    try:
+        while time.monotonic() < deadline and loader.is_alive():
+            replica = replicas[probes % len(replicas)]
+            probes += 1
             try:
-                top = d.max_id(conn)
-            except Exception:  # noqa: BLE001
-                errors[0] += 1
-                continue
-            t = time.perf_counter()
-            for key in range(last + 1, top + 1):
-                mine[key] = t
-            last = max(last, top)
-        conn.close()
-
-    threads = [threading.Thread(target=poller, args=(j,), daemon=True) for j in range(len(d.connect_replicas))]
-    threads += [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(writers)]
-    for t in threads:
-        t.start()
-    t0 = time.perf_counter()
-    time.sleep(duration_s)
-    elapsed = time.perf_counter() - t0
-    stop_writers_at = len(acked)
-    # let the pollers see the last rows (bounded)
-    deadline = time.monotonic() + 5
-    with lock:
-        top = max(acked) if acked else 0
-    while time.monotonic() < deadline and any(top and top not in s for s in seen):
-        time.sleep(0.01)
-    stop.set()
-    for t in threads:
-        t.join(timeout=10)
-    lags = sorted(max(0.0, s[k] - a) * 1000 for k, a in acked.items() for s in seen if k in s)
-    return LagResult(d.system, load, round(stop_writers_at / elapsed, 1), len(lags), round(percentile(lags, 0.5), 2),
-                     round(percentile(lags, 0.99), 2), round(lags[-1], 2) if lags else float("nan"), errors[0])
+                key = d.insert(writer)
+                acked = time.perf_counter()
+                while not d.visible(replica, key):
+                    if time.perf_counter() - acked > PROBE_TIMEOUT_S:
+                        raise TimeoutError(f"row {key} not visible on a replica after {PROBE_TIMEOUT_S:g}s")
+                lags.append((time.perf_counter() - acked) * 1000)
+            except Exception as exc:  # noqa: BLE001 - counted
+                errors += 1
+                if errors == 1:
+                    print(f"  lag probe: {type(exc).__name__}: {exc}", file=sys.stderr)
+            time.sleep(PROBE_GAP_S)
+        elapsed = time.monotonic() - t0
+        try:
+            inserts, load_errors = out.get(timeout=duration_s + 60)
+        except queue.Empty:
+            inserts, load_errors = 0, 1
+        loader.join(timeout=10)
+    finally:
+        if loader.is_alive():
+            loader.terminate()
+        for c in [writer, *replicas]:
+            c.close()
+    lags.sort()
+    return LagResult(d.system, load, round((inserts + probes) / elapsed, 1), len(lags), round(percentile(lags, 0.5), 2),
+                     round(percentile(lags, 0.99), 2), round(lags[-1], 2) if lags else float("nan"),
+                     errors + load_errors)
 
 
 def _measure_selects(d: _Driver, connections: int, duration_s: float) -> SelectResult:
@@ -180,15 +217,11 @@ def _measure_selects(d: _Driver, connections: int, duration_s: float) -> SelectR
 
 
 def _boreal_driver(url: str, replica_urls: list[str]) -> _Driver:
-    import borealdb
-
-    def conn(u: str):
-        return lambda: borealdb.connect(u, client_name="boreal-bench-lag")
-
-    w = borealdb.connect(url)
+    d = _Driver("borealdb", ("borealdb", url), [("borealdb", u) for u in replica_urls], "?")
+    w = d.connect_writer()
     w.cursor().execute("CREATE TABLE IF NOT EXISTS lag_kv(id INTEGER PRIMARY KEY, v TEXT)")
     w.close()
-    return _Driver("borealdb", conn(url), [conn(u) for u in replica_urls], "?")
+    return d
 
 
 def _postgres_driver(primary: str, standby: str) -> _Driver:
@@ -198,8 +231,7 @@ def _postgres_driver(primary: str, standby: str) -> _Driver:
         raise SystemExit("--target postgresql:// needs psycopg 3: pip install 'psycopg[binary]'") from None
     with psycopg.connect(primary, autocommit=True) as c:
         c.execute("CREATE TABLE IF NOT EXISTS lag_kv(id BIGSERIAL PRIMARY KEY, v TEXT)")
-    return _Driver("postgresql", lambda: psycopg.connect(primary, autocommit=True),
-                   [lambda: psycopg.connect(standby, autocommit=True)], "%s")
+    return _Driver("postgresql", ("postgresql", primary), [("postgresql", standby)], "%s")
 
 
 def _wait_visible(d: _Driver) -> None:
@@ -221,10 +253,10 @@ def _wait_visible(d: _Driver) -> None:
 def _run(d: _Driver, args) -> tuple[list[LagResult], SelectResult]:
     _wait_visible(d)
     results = [
-        _measure_lag(d, f"{args.rate:g} writes/s", args.rate, args.writers, args.duration),
-        _measure_lag(d, "max (unpaced)", None, args.max_writers, args.duration),
+        _measure_lag(d, f"{args.rate:g} writes/s", args.rate, args.writers, args.duration_s),
+        _measure_lag(d, "max (unpaced)", None, args.max_writers, args.duration_s),
     ]
-    sel = _measure_selects(d, args.connections, args.duration)
+    sel = _measure_selects(d, args.connections, args.duration_s)
     return results, sel
 
 
@@ -236,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--writers", type=int, default=16, help="writer threads at the paced rate (default 16)")
     p.add_argument("--max-writers", type=int, default=32, help="writer threads unpaced (default 32)")
     p.add_argument("--connections", type=int, default=8, help="SELECT connections across replicas (default 8)")
-    p.add_argument("--duration", type=float, default=5.0, help="seconds per measurement (default 5)")
+    p.add_argument("--duration-s", type=float, default=5.0, help="seconds per measurement (default 5)")
     p.add_argument("--target", help="PostgreSQL primary DSN postgresql://... (needs --standby)")
     p.add_argument("--standby", help="PostgreSQL standby DSN")
     p.add_argument("--json", action="store_true")
@@ -274,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"lag": [asdict(r) for r in lag], "selects": [asdict(s) for s in sel]}, indent=2))
         return 0
-    print("\nreplica lag: INSERT acknowledged by the writer -> row visible on a replica (polled via the client)")
+    print("\nreplica lag: INSERT acknowledged by the writer -> row visible on a replica "
+          f"(a probe every {PROBE_GAP_S * 1000:g} ms, polling until visible; LOAD from a separate process)")
     print_table(["SYSTEM", "LOAD", "WRITES/S", "SAMPLES", "P50 MS", "P99 MS", "MAX MS", "ERRORS"],
                 [[r.system, r.load, r.writes_per_s, r.samples, r.lag_p50_ms, r.lag_p99_ms, r.lag_max_ms, r.errors] for r in lag])
     print(f"\npoint SELECTs by primary key on the replicas, {args.connections} connections")
