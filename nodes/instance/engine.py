@@ -61,7 +61,7 @@ class InstanceOptions:
     batch_rows: int = 500                       # rows per streamed message by default
     cache_capacity_bytes: int = 256 << 20       # versioned page cache
     snapshot_pool_size: int = 16
-    grpc_workers: int = 64
+    max_concurrent_rpcs: int = 256            # more in flight are refused (RESOURCE_EXHAUSTED)
 
 
 class SqlError(Exception):

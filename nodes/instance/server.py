@@ -430,7 +430,7 @@ def _start_server(loop: asyncio.AbstractEventLoop, listen: str, service: Instanc
 
     async def _start():
         server = grpc.aio.server(migration_thread_pool=streams_pool, options=SERVER_OPTIONS,
-                                 maximum_concurrent_rpcs=options.grpc_workers * 4)
+                                 maximum_concurrent_rpcs=options.max_concurrent_rpcs)
         pbg.add_InstanceServicer_to_server(service, server)
         if publisher is not None:
             rpbg.add_RedoStreamServicer_to_server(publisher, server)
