@@ -400,7 +400,7 @@ class SqlEngine:
                                             Outcome(rows_affected=-1, read_lsn=read_lsn))
                     return
         except (apsw.Error, BorealError) as exc:
-            raise self._sql_error(exc, session) from None
+            raise self._sql_error(exc, session, from_writer=False) from None
         # The statement writes: run it on the writer.
         if session.deferred is not None:
             raise RouteToWriter()
@@ -576,10 +576,12 @@ class SqlEngine:
             self.fenced_reason = reason
             _log.error("writer_fenced", reason=reason, epoch=self.volume.epoch, vdl=self.volume.vdl)
 
-    def _sql_error(self, exc: BaseException, session: Session) -> SqlError:
+    def _sql_error(self, exc: BaseException, session: Session, *, from_writer: bool = True) -> SqlError:
         # A volume error raised inside a VFS call reaches us either as itself (apsw
-        # re-raises it) or as an SQLite I/O error with the cause kept by the VFS.
-        cause = self.db.take_commit_error()
+        # re-raises it) or as an SQLite I/O error with the cause kept by the VFS. Only
+        # the writer connection's commit error is ours to take (a snapshot read failing
+        # meanwhile must not steal it).
+        cause = self.db.take_commit_error() if from_writer else None
         if isinstance(exc, BorealError):
             cause = exc
         in_txn = session.in_transaction and self._writer.in_transaction

@@ -60,7 +60,7 @@ from borealdb.nodes.instance.engine import (
     _NeedsWriter,
     _one_statement_trace,
 )
-from borealdb.nodes.instance.vfs import _INF, PageVersions, SnapshotDatabase
+from borealdb.nodes.instance.vfs import _INF, PageVersions, SnapshotDatabase, check_may_block
 from borealdb.nodes.log import get_logger
 from borealdb.nodes.volume.transport import NodeUnavailable, error_reason
 from borealdb.protos import replica_pb2 as rpb
@@ -349,6 +349,8 @@ class ReplicaDatabase(SnapshotDatabase):
         """Block until the view reaches lsn (and a first view exists); return the view."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
+            if not self.ready or self.view < lsn:
+                check_may_block()
             while not self.ready or self.view < lsn:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -460,6 +462,7 @@ class ReplicaDatabase(SnapshotDatabase):
         if pg_read_lsn == 0:
             data, page_lsn = b"", 0
         else:
+            check_may_block()
             data, page_lsn = self._read_storage(page, pg, pg_read_lsn)
         with self._cond:
             if generation == self._generation:
@@ -709,7 +712,7 @@ class ReaderEngine(SqlEngine):
                 yield from self._stream(columns, rows if columns else iter(()), batch_rows,
                                         Outcome(rows_affected=-1, read_lsn=lsn, in_transaction=session.in_transaction))
         except (apsw.Error, BorealError) as exc:
-            err = self._sql_error(exc, session)
+            err = self._sql_error(exc, session, from_writer=False)
             err.in_transaction = session.in_transaction
             raise err from None
 

@@ -30,6 +30,7 @@ from borealdb.nodes.instance.engine import (
     WaitDurable,
     WriteLockBusy,
 )
+from borealdb.nodes.instance import vfs
 from borealdb.nodes.instance.replica import ReaderEngine, RedoPublisher, ReplicaDatabase, ReplicaFollower
 from borealdb.nodes.instance.vfs import VolumeDatabase
 from borealdb.nodes.log import configure_logging
@@ -68,6 +69,8 @@ M_STATEMENTS = Counter("boreal_sql_statements_total", "SQL statements executed",
 M_LATENCY = Histogram("boreal_sql_statement_seconds", "Statement latency including the durability wait",
                       buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 M_SESSIONS = Gauge("boreal_sql_sessions", "Open SQL sessions")
+M_INLINE_READS = Counter("boreal_sql_inline_reads_total", "Single-message reads tried on the event loop itself",
+                         ["outcome"])
 _OK = M_STATEMENTS.labels("ok")
 
 
@@ -299,7 +302,11 @@ class InstanceService(pbg.InstanceServicer):
                             yield _response(*chunk)
                         return
                     if one:
-                        chunk = await self._in_thread(self.read_pool, self._read_one, sid, sql, params, batch_rows, deferred)
+                        chunk = self._read_one_inline(sid, sql, params, batch_rows, deferred)
+                        if chunk is None:  # it would have blocked: in a read thread then
+                            deferred = Deferred()
+                            chunk = await self._in_thread(self.read_pool, self._read_one, sid, sql, params, batch_rows,
+                                                          deferred)
                         yield _response(*chunk)
                         return
                     async for msg in self._stream_read(sid, sql, params, batch_rows, deferred):
@@ -325,6 +332,21 @@ class InstanceService(pbg.InstanceServicer):
             raise SqlError("STREAM_REQUIRED", "the result does not fit one message: use Execute",
                            in_transaction=outcome.in_transaction)
         return columns, rows, outcome
+
+    def _read_one_inline(self, sid: str, sql: str, params, batch_rows: int, deferred: Deferred):
+        """_read_one on the loop itself (no thread hand-off), or None if it would block
+        (a page to fetch, no free snapshot, a long statement): nothing was done then."""
+        with vfs.inline_only():
+            try:
+                return self._read_one(sid, sql, params, batch_rows, deferred)
+            except Exception:
+                if vfs.inline_blocked():
+                    M_INLINE_READS.labels("fell_back").inc()
+                    return None
+                raise
+            finally:
+                if not vfs.inline_blocked():
+                    M_INLINE_READS.labels("inline").inc()
 
     def _read_one(self, sid: str, sql: str, params, batch_rows: int, deferred: Deferred):
         """In a read thread: the whole result of a snapshot read, or STREAM_REQUIRED (changing nothing)."""

@@ -52,6 +52,45 @@ _INF = 1 << 64
 _MAIN_DB = apsw.mapping_open_flags["SQLITE_OPEN_MAIN_DB"]
 _vfs_ids = itertools.count(1)
 _log = get_logger(component="vfs")
+
+# ---- inline reads ------------------------------------------------------------------------
+# The server first tries a small read on its event loop itself (no thread hand-off). That
+# is only safe if nothing blocks: a page the cache lacks, a busy snapshot pool, a view
+# still to come, or a long statement (more than INLINE_MAX_STEPS VM steps) abort the
+# attempt, which changed nothing, and the read runs again in the read pool.
+INLINE_MAX_STEPS = 2000
+_inline = threading.local()
+
+
+class WouldBlock(Exception):
+    """An inline read would have to wait (I/O, a free connection, many steps)."""
+
+
+@contextlib.contextmanager
+def inline_only() -> Iterator[None]:
+    """Within: any wait raises WouldBlock (see inline_blocked())."""
+    _inline.active, _inline.blocked = True, False
+    try:
+        yield
+    finally:
+        _inline.active = False
+
+
+def inline_blocked() -> bool:
+    """True if the last inline_only() attempt was stopped because it would block."""
+    return getattr(_inline, "blocked", False)
+
+
+def check_may_block() -> None:
+    """Call before anything that may wait: raises WouldBlock inside inline_only()."""
+    if getattr(_inline, "active", False):
+        _inline.blocked = True
+        raise WouldBlock("an inline read would block")
+
+
+def _stop_inline() -> bool:
+    _inline.blocked = True
+    return True  # interrupt the statement
 M_REDO_BYTES = Counter("boreal_sql_redo_bytes_total", "Redo payload bytes of committed transactions")
 M_COMMIT_GROUPS = Counter("boreal_sql_commit_groups_total", "Transactions committed to the volume")
 
@@ -464,6 +503,7 @@ class SnapshotDatabase:
         try:
             conn, file = self._snapshots.get_nowait()
         except queue.Empty:
+            check_may_block()
             with self._snapshot_lock:
                 grow = self._snapshot_count < self.snapshot_pool_size
                 if grow:
@@ -482,10 +522,15 @@ class SnapshotDatabase:
                     raise Unavailable(f"no snapshot connection free after {timeout_s}s") from None
         lsn = self.default_read_lsn() if read_lsn is None else read_lsn
         token = self.register_read_point(lsn)
+        inline = getattr(_inline, "active", False)
         try:
             file.read_lsn = lsn
+            if inline:
+                conn.set_progress_handler(_stop_inline, INLINE_MAX_STEPS)
             yield conn
         finally:
+            if inline:
+                conn.set_progress_handler(None)
             file.read_lsn = 0
             self.release_read_point(token)
             self._snapshots.put((conn, file))
@@ -520,6 +565,7 @@ class VolumeDatabase(SnapshotDatabase):
         data = self.cache.get(page, read_lsn)
         if data is not None:
             return data
+        check_may_block()
         data, page_lsn = self.volume.read_page(page, read_lsn)
         self.cache.put_fetched(page, page_lsn, data, read_lsn, self.volume.vdl)
         return data

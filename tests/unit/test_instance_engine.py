@@ -298,3 +298,35 @@ def test_an_empty_result_still_has_its_columns(make_engine):
     run(engine, sid, "COMMIT")
     assert on_writer[0][0] == [("name", "TEXT")] and on_writer[-1][1] == []
     assert list(engine.execute(sid, "DELETE FROM e WHERE id = 7"))[0][0] == []   # no result set at all
+
+
+def test_inline_reads_run_only_when_nothing_would_block(make_engine):
+    """The server's event-loop fast path: a cached point read runs inline; a page to
+    fetch or a long statement stops the attempt (nothing done) so it can go to a thread."""
+    from borealdb.nodes.instance import vfs
+    from borealdb.nodes.instance.engine import Deferred
+
+    engine = make_engine()
+    sid = engine.open_session().session_id
+    run(engine, sid, "CREATE TABLE big(id INTEGER PRIMARY KEY, v TEXT)")
+    run(engine, sid, "INSERT INTO big(v) SELECT hex(randomblob(50)) FROM "
+                     "(WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<3000) SELECT i FROM n)")
+
+    def attempt(sql, params=()):
+        with vfs.inline_only():
+            try:
+                return list(engine.execute(sid, sql, params, deferred=Deferred())), False
+            except Exception:  # noqa: BLE001 - what the server does: blocked -> retry in a thread
+                if vfs.inline_blocked():
+                    return None, True
+                raise
+
+    assert attempt("SELECT 1")[1], "no snapshot connection is free yet (opening one is not done inline)"
+    run(engine, sid, "SELECT 1")  # opens one (in a thread, as the server would)
+    rows, blocked = attempt("SELECT v FROM big WHERE id = ?", (1234,))
+    assert not blocked and len(rows[-1][1]) == 1, "a point read on cached pages runs inline"
+    assert attempt("SELECT count(*), max(length(v)) FROM big")[1], "a long scan is moved off the loop"
+    engine.db.cache = type(engine.db.cache)(4 << 20)   # a cold cache: the next read needs storage
+    assert attempt("SELECT v FROM big WHERE id = ?", (7,))[1], "a page fetch is never done inline"
+    rows, _ = run(engine, sid, "SELECT count(*) FROM big")  # and the session is fine afterwards
+    assert rows == [(3000,)]
