@@ -245,6 +245,15 @@ def stream_required(err: Any) -> bool:
     return _metadata(err).get("boreal-error", "").strip() == "STREAM_REQUIRED"
 
 
+def after_execute_one_failed(conn: Any, err: Any) -> None:
+    """An ExecuteOne of `conn` failed with `err`: re-raise it unless the statement is to
+    be streamed instead (then remember a server without ExecuteOne on the connection)."""
+    if not stream_required(err):
+        raise err
+    if rpc_status_name(err) == "UNIMPLEMENTED":
+        conn._execute_one = False  # an older server: streams only
+
+
 # ---- errors -----------------------------------------------------------------------
 
 # The server's stable codes (sql.proto SqlErrorCode) -> classes. SQL errors follow

@@ -376,10 +376,7 @@ class Cursor(_CursorBase):
                 try:
                     resp = conn._stub.ExecuteOne(req, timeout=conn.timeout_s)
                 except grpc.RpcError as e:
-                    if not _wire.stream_required(e):
-                        raise
-                    if _wire.rpc_status_name(e) == "UNIMPLEMENTED":
-                        conn._execute_one = False  # an older server: streams only
+                    _wire.after_execute_one_failed(conn, e)
                 else:
                     self._absorb(resp)
                     return

@@ -143,11 +143,9 @@ def fake_env(mode: str = "ok", instance_mode: str = "ok") -> dict[str, str]:
 
 
 def wait_for(cond, timeout_s=10.0, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+    from tests.waiting import wait_until  # here: this file also runs as a fake node's script
+
+    return wait_until(cond, timeout_s, what)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ pytest.importorskip("borealdb.nodes.instance.replica", reason="read replicas are
 import borealdb  # noqa: E402
 from borealdb import Error, ReadOnly  # noqa: E402
 from borealdb.nodes.cluster.local import UP_INSTANCES  # noqa: E402
+from tests.waiting import wait_until  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -43,17 +44,7 @@ def _scalar(conn, sql: str, params=()):
 
 
 def _wait_for(predicate, what: str, timeout_s: float = 60.0):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except Error as exc:  # a node restarting
-            last = exc
-        time.sleep(0.02)
-    raise AssertionError(f"{what} not reached in {timeout_s}s (last: {last!r})")
+    return wait_until(predicate, timeout_s, what, tolerate=(Error,))  # Error: a node restarting
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from tests.waiting import wait_until
+
 pytest.importorskip("borealdb.nodes.instance.server", reason="the instance node is not built yet")
 
 import borealdb  # noqa: E402
@@ -83,12 +85,9 @@ class Writers:
             t.start()
 
     def wait_for_acks(self, count: int, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
         start = len(self.acked)
-        while len(self.acked) < start + count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"only {len(self.acked) - start} of {count} transactions acknowledged in {timeout_s}s; errors: {self.errors[-3:]}")
-            time.sleep(0.02)
+        wait_until(lambda: len(self.acked) >= start + count, timeout_s,
+                   f"{count} acknowledged transactions (errors: {self.errors[-3:]})")
 
     def stop(self) -> None:
         self._stop.set()

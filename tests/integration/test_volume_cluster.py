@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from pathlib import Path
 
 import grpc
 import pytest
+
 
 from borealdb import QuorumLost, StaleEpoch
 from borealdb.nodes import redo
@@ -22,6 +22,7 @@ from borealdb.nodes.volume.transport import GrpcTransport
 from borealdb.nodes.volume.volume import PageChange, Volume, VolumeConfig
 from borealdb.protos import storage_pb2 as pb
 from borealdb.protos import storage_pb2_grpc as pbg
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -102,17 +103,6 @@ def assert_volume_matches(vol: Volume, model: PageModel) -> None:
         data, page_lsn = vol.read_page(page)
         assert page_lsn > 0, f"page {page} lost"
         assert data == expected, f"page {page} differs at read point {vol.vdl}"
-
-
-def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(interval_s)
 
 
 def node_stub(node) -> pbg.StorageNodeStub:
