@@ -1,10 +1,13 @@
-"""Small helpers shared by the `boreal bench` benchmarks (printing only; no timing logic)."""
+"""Small helpers shared by the `boreal bench` benchmarks: percentiles, tables, timed workers, a private cluster."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import tempfile
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -42,3 +45,19 @@ def run_workers(count: int, duration_s: float, loop: Callable[[int, float], None
     for t in threads:
         t.join()
     return time.monotonic() - t0
+
+
+@contextlib.contextmanager
+def private_cluster(what: str, *, timeout_s: float = 120.0, **cluster_kwargs: Any) -> Iterator[Any]:
+    """A LocalCluster in a temporary directory for one benchmark run; stopped and
+    removed afterwards, whatever happens. `what` names it on stderr."""
+    from borealdb.nodes.cluster.local import LocalCluster
+
+    with tempfile.TemporaryDirectory(prefix="boreal-bench-") as tmp:
+        print(f"starting a private cluster ({what}) in {tmp} ...", file=sys.stderr, flush=True)
+        cluster = LocalCluster(tmp, **cluster_kwargs)
+        try:
+            cluster.start(timeout_s=timeout_s)
+            yield cluster
+        finally:
+            cluster.stop_all()

@@ -19,14 +19,14 @@ Figures are printed, never asserted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import asdict, dataclass
 
-from borealdb.nodes.benchutil import percentile, print_table, run_workers
+from borealdb.nodes.benchutil import percentile, print_table, private_cluster, run_workers
 
 VALUE = "v" * 100
 
@@ -186,16 +186,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cluster = tmp = None
-    try:
+    with contextlib.ExitStack() as stack:
         url, metrics = args.url, args.metrics
         if url is None:
-            from borealdb.nodes.cluster.local import LocalCluster
-
-            tmp = tempfile.TemporaryDirectory(prefix="boreal-bench-")
-            print(f"starting a private cluster (6 storage nodes + writer) in {tmp.name} ...", file=sys.stderr)
-            cluster = LocalCluster(tmp.name)
-            cluster.start(timeout_s=120)
+            cluster = stack.enter_context(private_cluster("6 storage nodes + writer"))
             writer = next(n for n in cluster.nodes if n.role == "writer")
             url, metrics = f"boreal://{writer.address}/", writer.metrics_address
         _prepare_boreal(url)
@@ -212,11 +206,6 @@ def main(argv: list[str] | None = None) -> int:
                     print(json.dumps(asdict(r)), flush=True)
         if not args.json:
             _print_table(results)
-    finally:
-        if cluster is not None:
-            cluster.stop_all()
-        if tmp is not None:
-            tmp.cleanup()
     return 0
 
 

@@ -23,13 +23,13 @@ import json
 import queue
 import random
 import sys
-import tempfile
+import contextlib
 import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from borealdb.nodes.benchutil import percentile, print_table, run_workers
+from borealdb.nodes.benchutil import percentile, print_table, private_cluster, run_workers
 
 VALUE = "v" * 100
 
@@ -276,19 +276,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.target and not args.standby:
         p.error("--target needs --standby (the DSN of a streaming-replication standby)")
 
-    cluster = tmp = None
-    try:
+    with contextlib.ExitStack() as stack:
         if args.url:
             if not args.replicas:
                 p.error("--url needs --replicas")
             url, replica_urls = args.url, args.replicas.split(",")
         else:
-            from borealdb.nodes.cluster.local import UP_INSTANCES, LocalCluster
+            from borealdb.nodes.cluster.local import UP_INSTANCES
 
-            tmp = tempfile.TemporaryDirectory(prefix="boreal-bench-lag-")
-            print(f"starting a private cluster in {tmp.name} ...", file=sys.stderr, flush=True)
-            cluster = LocalCluster(tmp.name, instances=UP_INSTANCES)
-            cluster.start(timeout_s=60)
+            cluster = stack.enter_context(private_cluster("6 storage nodes, writer, 2 readers",
+                                                          timeout_s=60, instances=UP_INSTANCES))
             url = cluster.writer_url()
             replica_urls = [f"boreal://{n.address}/" for n in cluster.readers()]
         lag, sel = _run(_boreal_driver(url, replica_urls), args)
@@ -298,11 +295,6 @@ def main(argv: list[str] | None = None) -> int:
             sel = [sel, pg_sel]
         else:
             sel = [sel]
-    finally:
-        if cluster is not None:
-            cluster.stop_all()
-        if tmp is not None:
-            tmp.cleanup()
     if args.json:
         print(json.dumps({"lag": [asdict(r) for r in lag], "selects": [asdict(s) for s in sel]}, indent=2))
         return 0

@@ -17,11 +17,11 @@ Figures are printed, never asserted: this is a measurement, not a test.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import struct
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +29,7 @@ from pathlib import Path
 from prometheus_client import REGISTRY
 
 from borealdb.nodes import redo
-from borealdb.nodes.benchutil import percentile, print_table, run_workers
+from borealdb.nodes.benchutil import percentile, print_table, private_cluster, run_workers
 
 
 @dataclass
@@ -140,21 +140,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from borealdb.nodes.cluster.local import LocalCluster, load_cluster_state
+    from borealdb.nodes.cluster.local import load_cluster_state
     from borealdb.nodes.volume.transport import GrpcTransport
     from borealdb.nodes.volume.volume import Volume, VolumeConfig
 
-    cluster = None
-    tmp = None
-    try:
+    with contextlib.ExitStack() as stack:
         if args.data:
             nodes = load_cluster_state(Path(args.data)).storage_node_infos()
         else:
-            tmp = tempfile.TemporaryDirectory(prefix="boreal-bench-")
-            cluster = LocalCluster(tmp.name, metrics=False)
-            print(f"starting a private 6-node storage cluster in {tmp.name} ...", file=sys.stderr)
-            cluster.start_all()
-            cluster.wait_all_ready(timeout_s=60)
+            cluster = stack.enter_context(private_cluster("6 storage nodes", timeout_s=60, metrics=False,
+                                                          instances=False))
             nodes = cluster.storage_node_infos()
         config = VolumeConfig(volume_id=f"bench-{int(time.time())}", nodes=nodes, pg_size_pages=args.pg_size_pages)
         transport = GrpcTransport()
@@ -183,11 +178,6 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             volume.close()
             transport.close()
-    finally:
-        if cluster is not None:
-            cluster.stop_all()
-        if tmp is not None:
-            tmp.cleanup()
     return 0
 
 
