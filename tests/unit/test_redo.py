@@ -113,3 +113,23 @@ def test_check_delta_accepts_exactly_what_apply_delta_accepts():
         except redo.DeltaError:
             checks = False
         assert applies == checks, delta
+
+
+def test_delta_patches_are_tight_and_exact_for_scattered_byte_edits():
+    import struct
+
+    rng = random.Random(11)
+    for _ in range(500):
+        old = rng.randbytes(PAGE)
+        new = bytearray(old)
+        for _e in range(rng.randrange(1, 30)):
+            i = rng.choice([0, PAGE - 1, rng.randrange(PAGE)])
+            new[i] = (new[i] + rng.randrange(1, 256)) % 256
+        new = bytes(new)
+        delta = redo.encode_delta(old, new)
+        assert delta is not None and redo.apply_delta(old, delta, PAGE) == new
+        pos = 0
+        while pos < len(delta):  # every patch starts and ends on a changed byte
+            offset, length = struct.unpack_from("<HH", delta, pos)
+            assert old[offset] != new[offset] and old[offset + length - 1] != new[offset + length - 1]
+            pos += 4 + length
