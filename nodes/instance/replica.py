@@ -34,12 +34,11 @@ from __future__ import annotations
 import asyncio
 import bisect
 import concurrent.futures as cf
-import queue
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import apsw
 import grpc
@@ -62,6 +61,7 @@ from borealdb.nodes.instance.engine import (
 )
 from borealdb.nodes.instance.vfs import _INF, PageVersions, SnapshotDatabase, check_may_block
 from borealdb.nodes.log import get_logger
+from borealdb.nodes.rpc import CLIENT_CHANNEL_OPTIONS
 from borealdb.nodes.volume.transport import NodeUnavailable, error_reason
 from borealdb.protos import replica_pb2 as rpb
 from borealdb.protos import replica_pb2_grpc as rpbg
@@ -542,10 +542,15 @@ class ReplicaDatabase(SnapshotDatabase):
 
 
 class ReplicaFollower:
-    """Keeps a ReplicaDatabase subscribed to the writer's redo stream, reconnecting as needed."""
+    """Keeps a ReplicaDatabase subscribed to the writer's redo stream, reconnecting as needed.
 
-    def __init__(self, db: ReplicaDatabase, writer_address: str, *, node_id: str, az: str, address: str = "",
-                 report_interval_s: float = 0.05, backoff_max_s: float = 1.0):
+    The stream is a grpc.aio call on the reader's event loop (the one its SQL server and
+    volume transport use): messages are applied where they arrive, without a thread of
+    their own, and reports to the writer go out on the same call every report_interval_s."""
+
+    def __init__(self, db: ReplicaDatabase, writer_address: str, *, node_id: str, az: str,
+                 loop: asyncio.AbstractEventLoop, address: str = "", report_interval_s: float = 0.05,
+                 backoff_max_s: float = 1.0):
         self.db = db
         self.writer_address = writer_address
         self.node_id = node_id
@@ -555,12 +560,11 @@ class ReplicaFollower:
         self.backoff_max_s = backoff_max_s
         self.connected = False
         self.subscriptions = 0
-        self._stop = threading.Event()
-        self._call: Any = None
-        self._thread = threading.Thread(target=self._run, name="replica-follower", daemon=True)
+        self._loop = loop
+        self._task: cf.Future | None = None
 
     def start(self) -> "ReplicaFollower":
-        self._thread.start()
+        self._task = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
         return self
 
     def _report(self) -> rpb.ReplicaMessage:
@@ -568,28 +572,26 @@ class ReplicaFollower:
         return rpb.ReplicaMessage(replica_id=self.node_id, az=self.az, address=self.address,
                                   min_read_point=db.min_read_point(), applied_lsn=db.view, lag_ms=db.lag_ms)
 
-    def _run(self) -> None:
+    async def _send_reports(self, call) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.report_interval_s)
+                await call.write(self._report())
+        except (grpc.RpcError, asyncio.InvalidStateError):
+            pass  # the call ended: the reading side sees why and resubscribes
+
+    async def _run(self) -> None:
+        """Until cancelled (stop()): subscribe, apply, and resubscribe with backoff."""
         backoff = 0.02
-        while not self._stop.is_set():
-            out: queue.Queue = queue.Queue()
-            done = threading.Event()
-
-            def requests() -> Iterator[rpb.ReplicaMessage]:
-                yield self._report()
-                while not done.is_set():
-                    try:
-                        item = out.get(timeout=self.report_interval_s)
-                    except queue.Empty:
-                        item = None
-                    if done.is_set():
-                        return
-                    yield item or self._report()
-
-            channel = grpc.insecure_channel(self.writer_address)
+        while True:
+            channel = grpc.aio.insecure_channel(self.writer_address, options=CLIENT_CHANNEL_OPTIONS)
+            reporter = None
             try:
-                self._call = rpbg.RedoStreamStub(channel).Subscribe(requests())
+                call = rpbg.RedoStreamStub(channel).Subscribe()
+                await call.write(self._report())
+                reporter = asyncio.ensure_future(self._send_reports(call))
                 last_trim = time.monotonic()
-                for msg in self._call:
+                async for msg in call:
                     if msg.HasField("hello"):
                         kept = self.db.on_hello(msg.hello)
                         self.connected = True
@@ -601,26 +603,31 @@ class ReplicaFollower:
                     if time.monotonic() - last_trim > 1.0:
                         self.db.trim()
                         last_trim = time.monotonic()
+            except asyncio.CancelledError:
+                raise
             except grpc.RpcError as exc:
-                if not self._stop.is_set():
-                    _log.info("replica_stream_lost", writer=self.writer_address, code=exc.code().name,
-                              details=exc.details())
+                _log.info("replica_stream_lost", writer=self.writer_address, code=exc.code().name,
+                          details=exc.details())
             except Exception as exc:  # noqa: BLE001 - never let the follower die
                 _log.error("replica_stream_error", error=repr(exc))
             finally:
-                done.set()
                 self.connected = False
-                channel.close()
-            if self._stop.wait(backoff):
-                break
+                if reporter is not None:
+                    reporter.cancel()
+                await channel.close()
+            await asyncio.sleep(backoff)  # before resubscribing (stop() cancels it)
             backoff = min(self.backoff_max_s, backoff * 2)
 
     def stop(self) -> None:
-        self._stop.set()
-        call = self._call
-        if call is not None:
-            call.cancel()
-        self._thread.join(timeout=5)
+        """End the stream and wait (bounded) until the follower has stopped."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        try:
+            self._loop.call_soon_threadsafe(task.cancel)
+            task.result(timeout=5)
+        except Exception:  # noqa: BLE001 - cancelled (the normal end), or a closed loop: stopping is best effort
+            pass
 
 
 # ==== reader side: SQL ===========================================================================

@@ -514,7 +514,7 @@ def start_reader(node_id: str, az: str, listen: str, storage_nodes: list, writer
             _ = exc
     db = ReplicaDatabase(volume, local_az=az, cache_capacity_bytes=options.cache_capacity_bytes,
                          snapshot_pool_size=options.snapshot_pool_size)
-    follower = ReplicaFollower(db, writer, node_id=node_id, az=az, address=listen).start()
+    follower = ReplicaFollower(db, writer, node_id=node_id, az=az, address=listen, loop=transport.loop).start()
     deadline = None if ready_timeout_s is None else time.monotonic() + ready_timeout_s
     while not db.ready:  # the first subscription gives the first view
         if stop.is_set() or (deadline is not None and time.monotonic() > deadline):
