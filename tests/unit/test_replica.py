@@ -176,3 +176,38 @@ def test_a_read_transaction_keeps_one_snapshot_while_the_writer_rewrites_pages(p
     assert after != before and sum(b for _, b in after) == 2000
     # monotonic: a session never reads below what it read before
     assert reader.session(r).last_commit_lsn >= writer.db.last_commit_lsn
+
+
+def test_a_replica_that_falls_too_far_behind_is_cut_off_and_the_writer_goes_on(storage):
+    """The writer never waits for a replica: one whose buffered redo passes
+    max_buffer_bytes is cut off (RESOURCE_EXHAUSTED) and must resubscribe."""
+    vol = storage.volume()
+    writer = SqlEngine(VolumeDatabase(vol, cache_capacity_bytes=4 << 20), node_id="i-w")
+    publisher = RedoPublisher(writer.db, "i-w", heartbeat_s=0.02, max_buffer_bytes=4096)
+    w = writer.open_session().session_id
+    run(writer, w, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    loop = asyncio.new_event_loop()
+
+    async def reports():
+        yield rpb.ReplicaMessage(replica_id="i-slow")
+        await asyncio.sleep(3600)
+
+    async def scenario():
+        stream = publisher.Subscribe(reports(), _Ctx())
+        hello = await stream.__anext__()                 # subscribed; now it reads nothing for a while
+        assert hello.HasField("hello")
+        for i in range(40):                              # the writer commits on, never blocked
+            await loop.run_in_executor(None, run, writer, w, "INSERT INTO t(v) VALUES (?)", ("x" * 300,))
+        with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED.*fell more than 4096 bytes"):
+            while True:
+                await stream.__anext__()
+        assert publisher.replicas() == []               # dropped: its read point no longer pins storage
+        rows = await loop.run_in_executor(None, run, writer, w, "SELECT count(*) FROM t")
+        assert rows[0] == [(40,)]
+
+    try:
+        loop.run_until_complete(asyncio.wait_for(scenario(), 60))
+    finally:
+        loop.close()
+        publisher.stop()
+        writer.close()
