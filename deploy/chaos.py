@@ -233,6 +233,12 @@ class ComposeProject:
         prefix = f"{self.name}_"
         return {k[len(prefix):] if k.startswith(prefix) else k: v["IPAddress"] for k, v in nets.items() if v.get("IPAddress")}
 
+    def networks(self, service: str) -> set[str]:
+        """The networks (short names) the container is attached to, running or not."""
+        prefix = f"{self.name}_"
+        nets = self.inspect(service)["NetworkSettings"]["Networks"] or {}
+        return {k[len(prefix):] if k.startswith(prefix) else k for k in nets}
+
     def host_address(self, service: str) -> str:
         """127.0.0.1:PORT, the host port an instance's gRPC port is published on."""
         out = docker("port", self.container(service), f"{INSTANCE_PORT}/tcp", check=False)
@@ -315,7 +321,7 @@ class ComposeProject:
         net = self.network("storage")
         cut = []
         for s in self.az_nodes(az, with_writer=with_writer):
-            if "storage" in self.addresses(s):
+            if "storage" in self.networks(s):
                 docker("network", "disconnect", net, self.container(s))
                 cut.append(s)
         self.log(f"cut AZ {az} off the storage network: {' '.join(cut) or 'nothing (already cut)'}")
@@ -327,7 +333,7 @@ class ComposeProject:
         net = self.network("storage")
         healed = []
         for s in [*STORAGE_SERVICES[az], *INSTANCE_SERVICES[az]]:
-            if "storage" not in self.addresses(s):
+            if "storage" not in self.networks(s):
                 docker("network", "connect", "--alias", s, net, self.container(s))
                 healed.append(s)
         self.log(f"reconnected AZ {az} to the storage network: {' '.join(healed) or 'nothing (was not cut)'}")
