@@ -188,12 +188,13 @@ class ComposeProject:
         self.wait_healthy(ALL_SERVICES, timeout=timeout)
 
     def down(self, timeout: float = 300) -> None:
-        """Remove the containers, networks and volumes (-v) of the project. Unpauses first
-        (docker-compose cannot stop a paused container)."""
+        """Remove the containers, networks and volumes (-v) of the project, and the state
+        directory status() wrote. Unpauses first (docker-compose cannot stop a paused container)."""
         for cid in self.containers().values():
             docker("unpause", cid, check=False)
         self.compose("down", "-v", "--remove-orphans", "--timeout", "5", timeout=timeout, check=False)
         self._ids.clear()
+        shutil.rmtree(default_state_dir(self.name), ignore_errors=True)  # status()'s cluster.json
 
     # -- containers
     def containers(self) -> dict[str, str]:
