@@ -8,6 +8,7 @@ would need a 65536-byte patch is sent as a full page instead.
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 
@@ -46,6 +47,9 @@ def record_ok(rec: pb.RedoRecord) -> bool:
     return rec.crc32 == record_crc(rec)
 
 
+_NONZERO = re.compile(rb"[^\x00]")
+
+
 def encode_delta(old: bytes, new: bytes) -> bytes | None:
     """Delta turning `old` into `new` (same length), or None if a full page is smaller.
 
@@ -77,8 +81,7 @@ def encode_delta(old: bytes, new: bytes) -> bytes | None:
             return None
         if gap < 0:
             break
-        tail = x[gap:stop]
-        pos = gap + len(tail) - len(tail.lstrip(b"\0"))
+        pos = _NONZERO.search(x, gap, stop).start()  # x[stop - 1] is nonzero: always found
     return b"".join(parts)
 
 
