@@ -299,7 +299,8 @@ class SqlEngine:
             for params in param_sets:
                 self._check_params(params)
             autocommit = not session.in_transaction
-            self._acquire_writer(session)
+            if autocommit:  # inside an explicit transaction the session holds the lock already
+                self._acquire_writer(session)
             total = 0
             try:
                 if autocommit:
@@ -316,11 +317,15 @@ class SqlEngine:
             except (apsw.Error, BorealError) as exc:
                 if autocommit and self._writer.in_transaction:
                     self._safe_rollback()
-                raise self._sql_error(exc, session) from None
+                error = self._sql_error(exc, session)
+            else:
+                error = None
             finally:
                 rowid = self._writer.last_insert_rowid()
                 if autocommit:
                     self._release_writer(session)
+            if error is not None:  # after releasing the lock: the error may have to wait for durability
+                raise self._writer_error(error, session) from None
             visible = self.db.last_commit_lsn
             commit_lsn = visible if autocommit else 0
             self._wait_durable(visible, session)
@@ -352,6 +357,7 @@ class SqlEngine:
             error = self._sql_error(exc, session)
             if self._writer.in_transaction and error.code not in ("VOLUME_FULL", "QUORUM_LOST", "STALE_EPOCH", "UNAVAILABLE", "INTERNAL"):
                 # e.g. a deferred foreign key violation: the transaction stays open, as in SQLite.
+                error = self._writer_error(error, session)
                 error.in_transaction = True
                 raise error from None
             self._end_transaction(session)
@@ -387,18 +393,10 @@ class SqlEngine:
             self._wait_durable(session.last_commit_lsn, session)
         try:
             read_lsn = self.db.visible_lsn()
-            with self.db.snapshot(read_lsn) as conn:
-                cursor = conn.cursor()
-                cursor.exec_trace = _one_statement_trace(readonly=True)
-                try:
-                    rows = cursor.execute(sql, params)
-                    columns = self._columns(cursor)
-                except _NeedsWriter:
-                    columns = None
-                if columns is not None:
-                    yield from self._stream(columns, rows if columns else iter(()), batch_rows,
-                                            Outcome(rows_affected=-1, read_lsn=read_lsn))
-                    return
+            yield from self._snapshot_rows(read_lsn, sql, params, batch_rows, Outcome(rows_affected=-1, read_lsn=read_lsn))
+            return
+        except _NeedsWriter:
+            pass
         except (apsw.Error, BorealError) as exc:
             raise self._sql_error(exc, session, from_writer=False) from None
         # The statement writes: run it on the writer.
@@ -427,19 +425,23 @@ class SqlEngine:
                 rows.append(row)
             changed = self._writer.total_changes() - changes_before
             rowid = self._writer.last_insert_rowid()
-        except SqlError:
+        except SqlError as err:
             if autocommit and self._writer.in_transaction:
                 self._safe_rollback()
-            raise
+            error = err
         except (apsw.Error, BorealError) as exc:
             if autocommit and self._writer.in_transaction:
                 self._safe_rollback()
-            raise self._sql_error(exc, session) from None
+            error = self._sql_error(exc, session)
+        else:
+            error = None
         finally:
             if autocommit:
                 self._release_writer(session)
                 if self.db.writer_needs_reopen:
                     self._reopen_writer()
+        if error is not None:  # after releasing the lock: the error may have to wait for durability
+            raise self._writer_error(error, session) from None
         # Everything this statement read is covered once the VDL reaches the writer's
         # last commit; for an autocommit write, that includes its own commit.
         visible = self.db.last_commit_lsn
@@ -453,6 +455,21 @@ class SqlEngine:
         yield from self._stream(columns, iter(rows), batch_rows, outcome)
 
     # ---- helpers --------------------------------------------------------------------------
+    def _snapshot_rows(self, lsn: int, sql: str, params: Any, batch_rows: int, outcome: Outcome):
+        """Run a read-only statement on a snapshot connection at `lsn` and stream its chunks.
+        Raises _NeedsWriter (before yielding anything) if the statement would write."""
+        with self.db.snapshot(lsn) as conn:
+            cursor = conn.cursor()
+            try:
+                cursor.exec_trace = _one_statement_trace(readonly=True)
+                rows = cursor.execute(sql, params)
+                columns = self._columns(cursor)
+                yield from self._stream(columns, rows if columns else iter(()), batch_rows, outcome)
+            finally:
+                # A result abandoned mid-way leaves its statement active: end it (and
+                # SQLite's read transaction) before the connection goes back to the pool.
+                cursor.close(force=True)
+
     def _stream(self, columns, rows, batch_rows: int, outcome: Outcome):
         """Yield (columns, rows, outcome) chunks; a result that fits one batch is one chunk."""
         batch_rows = batch_rows or self.options.batch_rows
@@ -561,6 +578,21 @@ class SqlEngine:
             self.volume.wait_durable(lsn, timeout_s=self.options.commit_timeout_s)
         except (StaleEpoch, QuorumLost, Unavailable) as exc:
             raise self.durability_error(exc, lsn, session) from None
+
+    def _writer_error(self, error: SqlError, session: Session) -> SqlError:
+        """The error of a statement on the writer connection, once it may leave.
+
+        An error can reveal what the statement read (a UNIQUE violation says a row
+        exists): the statement may have read other sessions' commits that are not
+        durable yet, so it leaves only when the VDL covers the writer's last commit,
+        like a result. If that wait fails, the wait's error is the answer."""
+        if error.code in ("STALE_EPOCH", "QUORUM_LOST", "UNAVAILABLE", "VOLUME_FULL", "INTERNAL"):
+            return error  # the volume failed: nothing was read that a client could take for durable
+        try:
+            self._wait_durable(self.db.last_commit_lsn, session)
+        except SqlError as wait_error:
+            return wait_error
+        return error
 
     def durability_error(self, exc: BaseException, lsn: int, session: Session) -> SqlError:
         """The SqlError for a failed wait for VDL >= lsn (fences this writer on StaleEpoch)."""

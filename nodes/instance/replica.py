@@ -57,7 +57,6 @@ from borealdb.nodes.instance.engine import (
     _first_word,
     _is_savepoint_rollback,
     _NeedsWriter,
-    _one_statement_trace,
 )
 from borealdb.nodes.instance.vfs import _INF, PageVersions, SnapshotDatabase, check_may_block
 from borealdb.nodes.log import get_logger
@@ -222,6 +221,11 @@ class RedoPublisher(rpbg.RedoStreamServicer):
                 if self._stopped or sub.closed or sub.lost:
                     break
                 with self._lock:
+                    # Re-checked under the lock: an overflow between the check above and
+                    # here clears the buffer, and a VDL sent without those groups would
+                    # make the replica skip them.
+                    if sub.lost:
+                        break
                     groups = list(sub.groups)
                     sub.groups.clear()
                     sub.bytes = 0
@@ -561,10 +565,13 @@ class ReplicaFollower:
         self.connected = False
         self.subscriptions = 0
         self._loop = loop
-        self._task: cf.Future | None = None
+        self._task: asyncio.Task | None = None
 
     def start(self) -> "ReplicaFollower":
-        self._task = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
+        async def spawn() -> asyncio.Task:
+            return asyncio.ensure_future(self._run())
+
+        self._task = asyncio.run_coroutine_threadsafe(spawn(), self._loop).result(timeout=10)
         return self
 
     def _report(self) -> rpb.ReplicaMessage:
@@ -618,16 +625,24 @@ class ReplicaFollower:
             await asyncio.sleep(backoff)  # before resubscribing (stop() cancels it)
             backoff = min(self.backoff_max_s, backoff * 2)
 
-    def stop(self) -> None:
-        """End the stream and wait (bounded) until the follower has stopped."""
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """End the stream and wait (bounded) until the follower's task has ended (its
+        channel closed), not merely until the cancellation was requested."""
         task, self._task = self._task, None
         if task is None:
             return
+        ended = threading.Event()
+
+        def cancel() -> None:
+            task.add_done_callback(lambda _t: ended.set())
+            task.cancel()
+
         try:
-            self._loop.call_soon_threadsafe(task.cancel)
-            task.result(timeout=5)
-        except Exception:  # noqa: BLE001 - cancelled (the normal end), or a closed loop: stopping is best effort
-            pass
+            self._loop.call_soon_threadsafe(cancel)
+        except RuntimeError:  # the loop is closed: nothing runs any more
+            return
+        if not ended.wait(timeout_s):
+            _log.warning("replica_follower_stop_timeout", writer=self.writer_address, timeout_s=timeout_s)
 
 
 # ==== reader side: SQL ===========================================================================
@@ -708,16 +723,10 @@ class ReaderEngine(SqlEngine):
         pinned = getattr(session, "pinned", None) if session.in_transaction else None
         lsn = pinned[0] if pinned else self._read_lsn(session)
         try:
-            with self.db.snapshot(lsn) as conn:
-                cursor = conn.cursor()
-                cursor.exec_trace = _one_statement_trace(readonly=True)
-                try:
-                    rows = cursor.execute(sql, params)
-                    columns = self._columns(cursor)
-                except _NeedsWriter:
-                    raise self._read_only(session) from None
-                yield from self._stream(columns, rows if columns else iter(()), batch_rows,
-                                        Outcome(rows_affected=-1, read_lsn=lsn, in_transaction=session.in_transaction))
+            yield from self._snapshot_rows(lsn, sql, params, batch_rows,
+                                           Outcome(rows_affected=-1, read_lsn=lsn, in_transaction=session.in_transaction))
+        except _NeedsWriter:
+            raise self._read_only(session) from None
         except (apsw.Error, BorealError) as exc:
             err = self._sql_error(exc, session, from_writer=False)
             err.in_transaction = session.in_transaction

@@ -11,6 +11,7 @@ duration depends on the in-flight window, not on the database size.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import threading
 import time
@@ -119,6 +120,7 @@ def _response(columns, rows, outcome) -> pb.ExecuteResponse:
 
 _END = object()
 ONE_MESSAGE_BYTES = 1 << 20  # ExecuteOne: a larger read-only result must be streamed
+SNAPSHOT_WAIT_S = 30.0  # a read waits at most this long for a free snapshot connection
 
 
 def _rows_bytes(rows) -> int:
@@ -150,6 +152,11 @@ class InstanceService(pbg.InstanceServicer):
                                                     thread_name_prefix="sql-read")
         self._lock_waiters = 0
         self._lock_released: asyncio.Event | None = None
+        # Requests that hold (or will wait in a read thread for) a snapshot connection: at
+        # most one per read thread and per snapshot. Without this limit, streams holding
+        # every snapshot between batches and requests waiting for one in every read
+        # thread would wait for each other forever.
+        self._snapshot_slots = asyncio.Semaphore(engine.options.snapshot_pool_size)
         engine.on_write_lock_released = self._write_lock_released
 
     # ---- plumbing ---------------------------------------------------------------------------
@@ -234,9 +241,19 @@ class InstanceService(pbg.InstanceServicer):
             session.serial = asyncio.Lock()
         return session.serial
 
-    async def _previous_closed(self, sid: str) -> None:
+    async def _snapshot_slot(self) -> None:
+        """Take a snapshot slot, or UNAVAILABLE after SNAPSHOT_WAIT_S (every snapshot held by
+        results that their clients are not reading)."""
+        try:
+            await asyncio.wait_for(self._snapshot_slots.acquire(), SNAPSHOT_WAIT_S)
+        except asyncio.TimeoutError:
+            raise SqlError("UNAVAILABLE", f"all {self.engine.options.snapshot_pool_size} snapshot connections stayed "
+                           f"busy for {SNAPSHOT_WAIT_S:g}s (results not being read); retry later") from None
+
+    @staticmethod
+    async def _previous_closed(session) -> None:
         """Wait until the session's previous result, if abandoned mid-stream, is closed."""
-        closing = self.engine.session(sid).closing
+        closing = session.closing
         if closing is not None and not closing.done():
             await asyncio.wrap_future(closing)
 
@@ -253,8 +270,19 @@ class InstanceService(pbg.InstanceServicer):
                                       epoch=self.engine.volume.epoch)
 
     async def CloseSession(self, request, context):
-        # Closing may roll back an open transaction on the writer connection.
-        await self._in_thread(self.writer_pool, self.engine.close_session, request.session_id)
+        sid = request.session_id
+        try:
+            session = self.engine.session(sid)
+        except SqlError:
+            return pb.CloseSessionResponse()  # unknown or expired already: closing is idempotent
+        # After the session's running request (and an abandoned result's clean-up): the
+        # writer thread must never block on a session that is still busy.
+        async with self._serial(sid):
+            await self._previous_closed(session)
+            if session.in_transaction and self.role == "writer":  # rolled back on the writer connection
+                await self._in_thread(self.writer_pool, self.engine.close_session, sid)
+            else:
+                self.engine.close_session(sid)
         M_SESSIONS.set(self.engine.session_count())
         return pb.CloseSessionResponse()
 
@@ -262,8 +290,12 @@ class InstanceService(pbg.InstanceServicer):
         t0 = time.perf_counter()
         try:
             params = _params(request.params, request.named_params)
-            async for msg in self._execute(request.session_id, request.sql, params, request.batch_rows):
-                yield msg
+            # aclosing: a client that goes away mid-result closes the chain now, in order,
+            # so the session's next request finds it released (not left to the GC).
+            async with contextlib.aclosing(self._execute(request.session_id, request.sql, params,
+                                                         request.batch_rows)) as messages:
+                async for msg in messages:
+                    yield msg
         except SqlError as err:
             await self._abort(context, err)
         _OK.inc()
@@ -287,17 +319,25 @@ class InstanceService(pbg.InstanceServicer):
         engine = self.engine
         deadline = time.monotonic() + engine.options.lock_timeout_s
         async with self._serial(sid):
-            await self._previous_closed(sid)
+            # Captured once: after the statement ran, a lookup could find the session
+            # expired and turn a done commit into an error the client would retry.
+            session = engine.session(sid)
+            await self._previous_closed(session)
             on_writer = engine.runs_on_writer(sid, sql)
             while True:
                 deferred = Deferred()
                 try:
                     if on_writer:
-                        chunks = await self._in_thread(
-                            self.writer_pool, lambda: list(engine.execute(sid, sql, params, batch_rows, deferred)))
+                        try:
+                            chunks = await self._in_thread(
+                                self.writer_pool, lambda: list(engine.execute(sid, sql, params, batch_rows, deferred)))
+                        except SqlError:
+                            # An error can tell what the statement read: it waits like a result.
+                            await self._durable(deferred.durable_lsn, session)
+                            raise
                         if one:
                             chunks = [self._one_chunk(chunks, batch_rows)]
-                        await self._durable(deferred.durable_lsn, engine.session(sid))
+                        await self._durable(deferred.durable_lsn, session)
                         for chunk in chunks:
                             yield _response(*chunk)
                         return
@@ -305,19 +345,25 @@ class InstanceService(pbg.InstanceServicer):
                         chunk = self._read_one_inline(sid, sql, params, batch_rows, deferred)
                         if chunk is None:  # it would have blocked: in a read thread then
                             deferred = Deferred()
-                            chunk = await self._in_thread(self.read_pool, self._read_one, sid, sql, params, batch_rows,
-                                                          deferred)
+                            await self._snapshot_slot()
+                            try:
+                                chunk = await self._in_thread(self.read_pool, self._read_one, sid, sql, params,
+                                                              batch_rows, deferred)
+                            finally:
+                                self._snapshot_slots.release()
                         yield _response(*chunk)
                         return
-                    async for msg in self._stream_read(sid, sql, params, batch_rows, deferred):
-                        yield msg
+                    async with contextlib.aclosing(self._stream_read(session, sql, params, batch_rows,
+                                                                     deferred)) as messages:
+                        async for msg in messages:
+                            yield msg
                     return
                 except WriteLockBusy:
                     await self._wait_write_lock(deadline)
                 except RouteToWriter:
                     on_writer = True
                 except WaitDurable as w:
-                    await self._durable(w.lsn, engine.session(sid))
+                    await self._durable(w.lsn, session)
 
     def _one_limit_rows(self, batch_rows: int) -> int:
         return batch_rows or self.engine.options.batch_rows
@@ -368,9 +414,13 @@ class InstanceService(pbg.InstanceServicer):
             gen.close()
         raise SqlError("INTERNAL", "the statement ended without an outcome")
 
-    async def _stream_read(self, sid: str, sql: str, params, batch_rows: int, deferred: Deferred):
-        """A snapshot read: SQLite steps in a pool thread, one batch of rows per hop."""
-        gen = self.engine.execute(sid, sql, params, batch_rows, deferred)
+    async def _stream_read(self, session, sql: str, params, batch_rows: int, deferred: Deferred):
+        """A snapshot read: SQLite steps in a pool thread, one batch of rows per hop.
+
+        Holds one snapshot slot from the first step until the snapshot is given back
+        (when the result ends, or when an abandoned result's clean-up has run)."""
+        await self._snapshot_slot()
+        gen = self.engine.execute(session.session_id, sql, params, batch_rows, deferred)
         stepping = threading.Lock()  # close() must wait for a step still running in its thread
 
         def step():
@@ -396,13 +446,17 @@ class InstanceService(pbg.InstanceServicer):
                 if done:
                     return
         finally:
-            if not done:  # an error, or the client went away mid-result: the session's next
-                # request waits for this (see _execute)
-                fut = self.read_pool.submit(close)
+            if done:
+                self._snapshot_slots.release()
+            else:  # an error, or the client went away mid-result: the session's next
+                # request waits for this clean-up (see _execute), and so does the slot
                 try:
-                    self.engine.session(sid).closing = fut
-                except SqlError:
-                    pass
+                    fut = self.read_pool.submit(close)
+                except RuntimeError:  # the pool is shut down: the process is stopping
+                    self._snapshot_slots.release()
+                else:
+                    session.closing = fut
+                    fut.add_done_callback(lambda _f: self.loop.call_soon_threadsafe(self._snapshot_slots.release))
 
     async def ExecuteMany(self, request, context):
         engine = self.engine
@@ -411,7 +465,8 @@ class InstanceService(pbg.InstanceServicer):
             sets = [_params(ps.params, ps.named_params) for ps in request.param_sets]
             deadline = time.monotonic() + engine.options.lock_timeout_s
             async with self._serial(sid):
-                await self._previous_closed(sid)
+                session = engine.session(sid)
+                await self._previous_closed(session)
                 while True:
                     deferred = Deferred()
                     try:
@@ -419,7 +474,10 @@ class InstanceService(pbg.InstanceServicer):
                         break
                     except WriteLockBusy:
                         await self._wait_write_lock(deadline)
-                await self._durable(deferred.durable_lsn, engine.session(sid))
+                    except SqlError:
+                        await self._durable(deferred.durable_lsn, session)  # as for a result
+                        raise
+                await self._durable(deferred.durable_lsn, session)
         except SqlError as err:
             await self._abort(context, err)
         _OK.inc()
