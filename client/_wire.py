@@ -35,7 +35,8 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.use_local_subchannel_pool", 1),
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
+    # Not grpc.min_reconnect_backoff_ms: gRPC also uses it as the minimum connect
+    # timeout, and 100 ms made connect() give up on a server slow to answer (paused).
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 
