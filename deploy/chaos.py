@@ -642,14 +642,18 @@ class ChaosRun:
     def inject(self, fault: str) -> tuple[str, Callable[[], None], bool]:
         """Inject `fault`; returns (target, heal, client errors allowed)."""
         p, rng = self.p, self.rng
-        if fault == "pause-storage":
-            s = rng.choice(ALL_STORAGE)
-            p.pause(s)
-            return s, lambda: p.unpause(s), False
-        if fault == "kill-storage":
-            s = rng.choice(ALL_STORAGE)
-            p.kill(s)
-            return s, lambda: p.start(s), False
+        # One container, picked at random: (candidates, fault action, healing action).
+        one_container = {
+            "pause-storage": (ALL_STORAGE, p.pause, p.unpause),
+            "kill-storage": (ALL_STORAGE, p.kill, p.start),
+            "pause-reader": (READERS, p.pause, p.unpause),
+            "kill-reader": (READERS, p.kill, p.start),
+        }
+        if fault in one_container:
+            candidates, act, heal = one_container[fault]
+            s = rng.choice(candidates)
+            act(s)
+            return s, lambda: heal(s), False
         if fault == "stop-az":
             az = rng.choice(AZS)
             nodes = STORAGE_SERVICES[az]
@@ -659,14 +663,6 @@ class ChaosRun:
             az = rng.choice(AZS if self.with_writer else AZS[1:])
             p.cut_az(az, with_writer=self.with_writer)
             return f"AZ {az}", lambda: p.heal_az(az), self.with_writer and az == "a"
-        if fault == "pause-reader":
-            s = rng.choice(READERS)
-            p.pause(s)
-            return s, lambda: p.unpause(s), False
-        if fault == "kill-reader":
-            s = rng.choice(READERS)
-            p.kill(s)
-            return s, lambda: p.start(s), False
         if fault == "kill-writer":
             p.kill(WRITER)
             return WRITER, lambda: p.start(WRITER), True
