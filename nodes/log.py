@@ -45,5 +45,8 @@ def configure_logging(*, node_id: str, az: str, role: str, level: str | None = N
 
 
 def get_logger(**bound: Any) -> Any:
-    """A logger for library code; identity fields come from configure_logging()."""
-    return structlog.get_logger().bind(**bound)
+    """A logger for library code; identity fields come from configure_logging().
+
+    A lazy proxy: module-level loggers are made at import, before configure_logging()
+    runs, and must still use its renderer and level (an eager bind() froze the defaults)."""
+    return structlog.get_logger(**bound)
