@@ -5,11 +5,13 @@ Every client thread has its own connection and loops on one autocommit
 transaction that returns only once durable (on borealdb: VDL >= its commit LSN, i.e.
 4 of 6 storage segments have it). Printed per concurrency level: commits/s, p50/p99
 latency and, for borealdb, bytes sent from the writer to storage per commit
-(serialized Append requests to all 6 segments; redo payload alone in brackets).
+(serialized Append requests to all 6 segments), redo payload bytes per commit, and CPU
+time per commit of the writer process and of all node processes together (from their
+Prometheus endpoints; the client's threads, in this process, are not counted).
 
 By default it starts a private cluster (6 storage nodes, 2 per AZ, and a writer) on
 127.0.0.1 in a temporary directory and stops it afterwards. `--url boreal://H:P/`
-uses a running writer instead (add `--metrics H:P` for its byte counts).
+uses a running writer instead (add `--metrics H:P` for its byte counts and CPU).
 `--target postgresql://...` runs the same workload against PostgreSQL (psycopg 3) in
 the same run and prints borealdb / PostgreSQL ratios.
 
@@ -25,6 +27,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from borealdb.nodes.benchutil import percentile, print_table, private_cluster, run_workers
 
@@ -43,6 +46,8 @@ class LevelResult:
     errors: int
     wire_bytes_per_commit: float | None = None
     redo_bytes_per_commit: float | None = None
+    writer_cpu_ms_per_commit: float | None = None   # the writer process's CPU time
+    nodes_cpu_ms_per_commit: float | None = None    # every node process of the private cluster
 
 
 def _metrics(address: str | None) -> dict[str, float]:
@@ -87,7 +92,15 @@ def _run_threads(clients: int, duration_s: float, make_conn, insert) -> tuple[li
     return sorted(x for per in latencies for x in per), sum(errors), elapsed
 
 
-def bench_boreal(url: str, metrics_address: str | None, clients: int, duration_s: float) -> LevelResult:
+def _cpu_s(addresses: list[str]) -> float | None:
+    """CPU seconds so far of the node processes behind these metrics endpoints."""
+    if not addresses:
+        return None
+    return sum(_metrics(a).get("process_cpu_seconds_total", 0.0) for a in addresses)
+
+
+def bench_boreal(url: str, metrics_address: str | None, clients: int, duration_s: float,
+                 node_metrics: list[str] | None = None) -> LevelResult:
     import borealdb
 
     def make_conn():
@@ -96,17 +109,24 @@ def bench_boreal(url: str, metrics_address: str | None, clients: int, duration_s
     def insert(conn):
         conn.cursor().execute("INSERT INTO bench_kv(v) VALUES (?)", (VALUE,))
 
-    before = _metrics(metrics_address)
+    # Sampled around the whole level, connection set-up included (a few calls per client).
+    before, nodes_before = _metrics(metrics_address), _cpu_s(node_metrics or [])
     lat, errors, elapsed = _run_threads(clients, duration_s, make_conn, insert)
-    after = _metrics(metrics_address)
+    after, nodes_after = _metrics(metrics_address), _cpu_s(node_metrics or [])
     commits = len(lat)
-    wire = redo = None
-    if before and after and commits:
-        wire = (after.get("boreal_volume_bytes_sent_total", 0) - before.get("boreal_volume_bytes_sent_total", 0)) / commits
-        redo = (after.get("boreal_sql_redo_bytes_total", 0) - before.get("boreal_sql_redo_bytes_total", 0)) / commits
+
+    def per_commit(key: str, scale: float, digits: int) -> float | None:
+        if not (before and after and commits):
+            return None
+        return round((after.get(key, 0) - before.get(key, 0)) * scale / commits, digits)
+
+    nodes_cpu = None
+    if nodes_before is not None and nodes_after is not None and commits:
+        nodes_cpu = round((nodes_after - nodes_before) * 1000 / commits, 2)
     return LevelResult("borealdb", clients, commits, round(elapsed, 2), round(commits / elapsed, 1),
                        round(percentile(lat, 0.5) * 1000, 2), round(percentile(lat, 0.99) * 1000, 2), errors,
-                       round(wire, 1) if wire is not None else None, round(redo, 1) if redo is not None else None)
+                       per_commit("boreal_volume_bytes_sent_total", 1, 1), per_commit("boreal_sql_redo_bytes_total", 1, 1),
+                       per_commit("process_cpu_seconds_total", 1000, 2), nodes_cpu)
 
 
 def bench_postgres(dsn: str, clients: int, duration_s: float) -> LevelResult:
@@ -146,10 +166,15 @@ def _prepare_postgres(dsn: str) -> None:
 
 
 def _print_table(results: list[LevelResult]) -> None:
-    header = ["system", "clients", "commits/s", "p50 ms", "p99 ms", "wire B/commit", "redo B/commit", "commits", "errors"]
-    rows = [[r.system, r.clients, r.commits_per_s, r.p50_ms, r.p99_ms,
-             "n/a" if r.wire_bytes_per_commit is None else r.wire_bytes_per_commit,
-             "n/a" if r.redo_bytes_per_commit is None else r.redo_bytes_per_commit, r.commits, r.errors]
+    header = ["system", "clients", "commits/s", "p50 ms", "p99 ms", "wire B/commit", "redo B/commit",
+              "writer CPU ms/commit", "nodes CPU ms/commit", "commits", "errors"]
+
+    def shown(value: float | None) -> Any:
+        return "n/a" if value is None else value
+
+    rows = [[r.system, r.clients, r.commits_per_s, r.p50_ms, r.p99_ms, shown(r.wire_bytes_per_commit),
+             shown(r.redo_bytes_per_commit), shown(r.writer_cpu_ms_per_commit), shown(r.nodes_cpu_ms_per_commit),
+             r.commits, r.errors]
             for r in results]
     print_table(header, rows)
     by = {(r.system, r.clients): r for r in results}
@@ -163,7 +188,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="boreal bench", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="a running writer (boreal://HOST:PORT/); default: start a private cluster")
-    p.add_argument("--metrics", help="HOST:PORT of that writer's metrics endpoint (for bytes per commit)")
+    p.add_argument("--metrics", help="HOST:PORT of that writer's metrics endpoint (for bytes and writer CPU per commit)")
     p.add_argument("--target", help="also run against PostgreSQL at this DSN (postgresql://...)")
     p.add_argument("--concurrency", default="1,8,32", help="comma-separated connection counts (default: 1,8,32)")
     p.add_argument("--duration-s", type=float, default=10.0, help="seconds per level (default: 10)")
@@ -187,17 +212,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with contextlib.ExitStack() as stack:
-        url, metrics = args.url, args.metrics
+        url, metrics, node_metrics = args.url, args.metrics, []
         if url is None:
             cluster = stack.enter_context(private_cluster("6 storage nodes + writer"))
             writer = next(n for n in cluster.nodes if n.role == "writer")
             url, metrics = f"boreal://{writer.address}/", writer.metrics_address
+            node_metrics = [n.metrics_address for n in cluster.nodes if n.metrics_address]
         _prepare_boreal(url)
         if args.target:
             _prepare_postgres(args.target)
         results: list[LevelResult] = []
         for level in args.levels:
-            runs = [bench_boreal(url, metrics, level, args.duration_s)]
+            runs = [bench_boreal(url, metrics, level, args.duration_s, node_metrics)]
             if args.target:
                 runs.append(bench_postgres(args.target, level, args.duration_s))
             for r in runs:
