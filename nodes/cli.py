@@ -1,13 +1,14 @@
 """The `boreal` command: run nodes, start and stop a local cluster, inspect it, benchmark.
 
-    boreal up [--data DIR] [--base-port 7101] [--detach]   start 6 storage nodes (2 per AZ a/b/c) + the writer
+    boreal up [--data DIR] [--base-port 7101] [--detach]   start 6 storage nodes (2 per AZ a/b/c), the writer, 2 readers
     boreal status [--data DIR] [--json]                    nodes, writer, segments, PGCL, VDL hint
     boreal down [--data DIR]                               stop what `up` started (instances first)
     boreal storage-node --id ID --az AZ --listen H:P --data DIR   run one storage node
-    boreal instance-node --id ID --az AZ --listen H:P --storage-nodes ID@AZ@H:P,...   run the SQL writer
+    boreal instance-node --id ID --az AZ --listen H:P --storage-nodes ID@AZ@H:P,...   run the SQL writer (or a reader)
     boreal bench [...]                                     SQL commit benchmark (optionally vs PostgreSQL)
     boreal bench volume [...]                              storage volume benchmark
     boreal bench lag [...]                                 read replica lag and replica SELECTs/s
+    boreal bench rpc [...]                                 CPU per gRPC message in Python (no borealdb code)
     boreal sql [URL] [-c SQL] [-f FILE] [--timer]          SQL shell on the writer (or URL)
 
 Exit codes: 0 success, 1 failure (the message says why), 2 bad arguments,
@@ -106,11 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "up",
-        help="start a local cluster: 6 storage nodes, 2 in each of AZs a, b, c, and the SQL writer",
+        help="start a local cluster: 6 storage nodes, 2 in each of AZs a, b, c, the SQL writer and 2 readers",
         description="Start a local cluster as processes on 127.0.0.1: 6 storage nodes (s-a1, s-a2, "
         "s-b1, s-b2, s-c1, s-c2; 2 per AZ), then, once they are ready, the SQL writer instance "
-        "i-a1 (AZ a) on the volume 'main'. Storage node i listens on BASE_PORT+i (gRPC) and "
-        "BASE_PORT+100+i (Prometheus /metrics); the writer on BASE_PORT+10 and BASE_PORT+110. "
+        "i-a1 (AZ a) on the volume 'main', then the read replicas i-b1 (AZ b) and i-c1 (AZ c). "
+        "Storage node i listens on BASE_PORT+i (gRPC) and BASE_PORT+100+i (Prometheus /metrics); "
+        "the writer on BASE_PORT+10 and BASE_PORT+110, the readers on BASE_PORT+11..12 and "
+        "BASE_PORT+111..112. "
         "Without --detach it stays in the foreground and stops every node on Ctrl-C or SIGTERM; "
         "with --detach it returns once every node is ready and `boreal down` stops them. "
         "Connect with `boreal sql`.",
@@ -198,10 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "bench",
-        help="benchmarks: `boreal bench --help` (SQL), `boreal bench volume --help` (storage volume)",
+        help="benchmarks: `boreal bench --help` (SQL commits), `boreal bench volume|lag|rpc --help`",
         description="Benchmarks. `boreal bench [ARGS...]` runs single-row INSERT commits through the SQL "
-        "client (borealdb.nodes.instance.bench); `boreal bench volume [ARGS...]` runs the storage volume "
-        "benchmark (borealdb.nodes.volume.bench). Each has its own --help.",
+        "client (borealdb.nodes.instance.bench); `boreal bench volume [ARGS...]` the storage volume alone "
+        "(borealdb.nodes.volume.bench); `boreal bench lag [ARGS...]` read replica lag and replica reads "
+        "(borealdb.nodes.instance.lag_bench); `boreal bench rpc [ARGS...]` the CPU cost of one gRPC "
+        "message (borealdb.nodes.rpc_bench). Each has its own --help.",
     )
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the benchmark")
 
@@ -725,12 +730,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(target: str, argv: list[str]) -> int:
-    """target: "sql" (borealdb.nodes.instance.bench), "volume" (borealdb.nodes.volume.bench) or "lag"
-    (borealdb.nodes.instance.lag_bench: read replica lag and replica reads)."""
+    """target: "sql" (borealdb.nodes.instance.bench), "volume" (borealdb.nodes.volume.bench), "lag"
+    (borealdb.nodes.instance.lag_bench: read replica lag and replica reads) or "rpc"
+    (borealdb.nodes.rpc_bench: the CPU cost of a gRPC message)."""
     import importlib
 
     module = {"sql": "borealdb.nodes.instance.bench", "volume": "borealdb.nodes.volume.bench",
-              "lag": "borealdb.nodes.instance.lag_bench"}[target]
+              "lag": "borealdb.nodes.instance.lag_bench", "rpc": "borealdb.nodes.rpc_bench"}[target]
     try:
         bench = importlib.import_module(module)
     except ModuleNotFoundError as e:
@@ -777,6 +783,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return cmd_bench("volume", argv[2:])
             if len(argv) >= 2 and argv[1] == "lag":
                 return cmd_bench("lag", argv[2:])
+            if len(argv) >= 2 and argv[1] == "rpc":
+                return cmd_bench("rpc", argv[2:])
             return cmd_bench("sql", argv[1:])
         args = parser.parse_args(argv)
         if args.command is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -196,3 +197,27 @@ def test_bench_without_target_runs_the_sql_benchmark(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "borealdb.nodes.instance.bench", fake)
     code, _, _ = run(capsys, "bench", "--concurrency", "1", "--duration-s", "2")
     assert code == 0 and seen == [["--concurrency", "1", "--duration-s", "2"]]
+
+
+def test_bench_rpc_measures_real_messages():
+    # A real echo server process on 127.0.0.1 and real calls, briefly: every measurement
+    # reports messages it actually exchanged and CPU spent on both sides.
+    out = subprocess.run([sys.executable, "-m", "borealdb.nodes.cli", "bench", "rpc", "--concurrency", "2",
+                          "--duration-s", "0.3", "--json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(r["kind"], r["in_flight"]) for r in rows] == [("unary", 2), ("stream", 2)]
+    for r in rows:
+        assert r["messages"] > 0 and r["messages_per_s"] > 0
+        assert r["server_cpu_ms_per_message"] > 0 and r["client_cpu_ms_per_message"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--concurrency", "0"], "1..256"),
+    (["--concurrency", "a,b"], "comma-separated integers"),
+    (["--duration-s", "0"], "--duration-s"),
+])
+def test_bench_rpc_bad_arguments(capsys, args, message):
+    with pytest.raises(SystemExit) as e:  # argparse's usage error, before any process starts
+        cli.main(["bench", "rpc", *args])
+    assert e.value.code == 2 and message in capsys.readouterr().err
