@@ -193,6 +193,15 @@ class GrpcTransport:
             out.set_exception(NodeUnavailable(address, f"{method}: {exc}"))
             return out
 
+    def call_later(self, delay_s: float, fn: Callable[[], None]) -> None:
+        """Run fn() on the transport's loop thread after delay_s; from any thread.
+        RuntimeError once the transport is closed."""
+        loop = self._ensure_loop()
+        if threading.get_ident() == self._loop_tid:
+            loop.call_later(delay_s, fn)
+        else:
+            loop.call_soon_threadsafe(loop.call_later, delay_s, fn)
+
     # -- AppendStream
 
     def send_append(self, address: str, sreq: pb.AppendStreamRequest, timeout_s: float,

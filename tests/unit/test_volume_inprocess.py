@@ -17,6 +17,7 @@ from borealdb.nodes import redo
 from borealdb.nodes.storage.engine import StorageEngine, StorageOptions
 from borealdb.nodes.volume import InProcessTransport, PageChange, Volume, VolumeConfig, place_pg
 from borealdb.protos import storage_pb2 as pb
+from tests.waiting import wait_until
 
 PAGE = 512
 
@@ -402,3 +403,70 @@ def test_open_create_if_missing_and_durable_future(nodes):
     assert vol2.vdl == futs[-1][0]
     check_reads(vol2, model)
     vol2.close()
+
+
+class TimerTransport(InProcessTransport):
+    """InProcessTransport with the timer the group commit delay needs; timers fire only when
+    the test says so."""
+
+    def __init__(self, engines):
+        super().__init__(engines)
+        self.timers: list[tuple[float, object]] = []
+
+    def call_later(self, delay_s, fn):
+        self.timers.append((delay_s, fn))
+
+    def fire_all(self):
+        timers, self.timers = self.timers, []
+        for _delay, fn in timers:
+            fn()
+
+
+def _timer_volume(nodes, **kw) -> tuple[Volume, TimerTransport]:
+    transport = TimerTransport(nodes.engines)
+    return Volume.open(nodes.config(**kw), transport, create_if_missing=True), transport
+
+
+def test_group_commit_delay_never_delays_a_lone_client(nodes):
+    vol, transport = _timer_volume(nodes, group_commit_delay_s=1.0, group_commit_siblings=3)
+    try:
+        rng, model = random.Random(3), {}
+        for i in range(10):  # one commit at a time, each waited for: nothing overlaps
+            lsn = write(vol, model, rng, [i % 8])
+            assert vol.wait_durable(lsn, 5) >= lsn
+        assert transport.timers == []
+    finally:
+        vol.close()
+        transport.close()
+
+
+def test_group_commit_delay_holds_overlapping_commits_for_one_batch(nodes):
+    vol, transport = _timer_volume(nodes, group_commit_delay_s=1.0, group_commit_siblings=3)
+    try:
+        rng, model = random.Random(4), {}
+        for info in nodes.infos:  # the first batch stays in flight while 3 more commits queue
+            transport.set_delay(info.address, 0.1, ["Append"])
+        first = write(vol, model, rng, [0])
+        last = write(vol, model, rng, [1], n_groups=3)
+        for info in nodes.infos:
+            transport.set_delay(info.address, 0)
+        assert vol.wait_durable(first, 5) >= first
+        senders = [vol._senders[i.address] for i in pg_nodes(vol, 0)]
+        wait_until(lambda: all(s.inflight == 0 and s.delay_armed for s in senders), 5, "the delay armed on every node")
+        # 3 groups queued on each node: they wait for the delay (1 s after the first send), not for an RPC
+        assert all(len(s.queue) == 3 for s in senders) and vol.vdl < last
+        assert len(transport.timers) == len(senders) and all(0 < d <= 1.0 for d, _ in transport.timers)
+        transport.fire_all()  # the delay is over: one batch of 3 groups per node
+        assert vol.wait_durable(last, 5) >= last
+        assert all(s.last_batch_groups == 3 for s in senders)
+        check_reads(vol, model)
+    finally:
+        vol.close()
+        transport.close()
+
+
+def test_group_commit_delay_bad_config():
+    with pytest.raises(InvalidRequest, match="group_commit_delay_s"):
+        VolumeConfig(volume_id="v", nodes=[], group_commit_delay_s=-1).validate()
+    with pytest.raises(InvalidRequest, match="group_commit_siblings"):
+        VolumeConfig(volume_id="v", nodes=[], group_commit_siblings=0).validate()
