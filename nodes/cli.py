@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve Prometheus /metrics here (default: no metrics endpoint)")
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                    help="set any field of InstanceOptions (nodes/instance/engine.py); repeatable")
+    p.add_argument("--volume-option", action="append", default=[], metavar="NAME=VALUE",
+                   help="writer only: set a field of VolumeConfig (nodes/volume/volume.py), e.g. "
+                   "group_commit_delay_s=0; repeatable")
 
     p = sub.add_parser(
         "bench",
@@ -352,19 +355,21 @@ def _import_serve(env_var: str, default_module: str, what: str, packages: tuple[
         raise
 
 
-def _parse_options(items: Sequence[str], cls: Any, what: str) -> dict[str, Any]:
+def _parse_options(items: Sequence[str], cls: Any, what: str, flag: str = "--option") -> dict[str, Any]:
     """NAME=VALUE strings -> keyword arguments for the dataclass `cls` (typed by its defaults)."""
     import dataclasses
 
-    defaults = {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}
+    # Fields without a plain default (identity, lists) are set by the node itself, not here.
+    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
     out: dict[str, Any] = {}
     for item in items:
         name, sep, text = item.partition("=")
         name, text = name.strip().replace("-", "_"), text.strip()
         if not sep or not name:
-            raise CliError(f"--option {item!r}: expected NAME=VALUE")
+            raise CliError(f"{flag} {item!r}: expected NAME=VALUE")
         if name not in defaults:
-            raise CliError(f"--option {name}: no such {what} option (known: {', '.join(sorted(defaults))})")
+            known = ", ".join(sorted(n for n, v in defaults.items() if type(v) in (bool, int, float, str)))
+            raise CliError(f"{flag} {name}: no such {what} option (known: {known})")
         kind = type(defaults[name])
         try:
             if kind is bool:
@@ -374,9 +379,9 @@ def _parse_options(items: Sequence[str], cls: Any, what: str) -> dict[str, Any]:
             elif kind in (int, float, str):
                 out[name] = kind(text)
             else:
-                raise CliError(f"--option {name}: cannot be set from the command line")
+                raise CliError(f"{flag} {name}: cannot be set from the command line")
         except ValueError:
-            raise CliError(f"--option {name}={text}: expected a {kind.__name__}") from None
+            raise CliError(f"{flag} {name}={text}: expected a {kind.__name__}") from None
     return out
 
 
@@ -390,21 +395,42 @@ def _instance_options(args: argparse.Namespace) -> Any:
     return InstanceOptions(**_parse_options(args.option, InstanceOptions, "instance"))
 
 
+def _volume_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    if not args.volume_option:
+        return None
+    if args.role == "reader":
+        raise CliUsageError("--volume-option is for the writer (a reader never writes to the volume)")
+    from borealdb.nodes.volume import VolumeConfig
+
+    overrides = _parse_options(args.volume_option, VolumeConfig, "volume", "--volume-option")
+    try:  # the writer would fail the same way, later and less clearly
+        VolumeConfig(volume_id="check", nodes=[], **overrides).validate()
+    except Exception as exc:  # noqa: BLE001 - InvalidRequest
+        raise CliError(f"--volume-option: {exc}") from None
+    return overrides
+
+
 def cmd_instance_node(args: argparse.Namespace) -> int:
     if args.role == "reader" and not args.writer:
         raise CliUsageError("--role reader needs --writer HOST:PORT (the writer instance to follow)")
     if args.role == "writer" and args.writer:
         raise CliUsageError("--writer is for --role reader only")
     options = _instance_options(args)
+    volume_overrides = _volume_options(args)
     from borealdb.protos import storage_pb2
 
     storage_nodes = [storage_pb2.StorageNodeInfo(node_id=i, az=az, address=a) for i, az, a in args.storage_nodes]
     serve = _import_serve(INSTANCE_SERVER_MODULE_ENV, "borealdb.nodes.instance.server", "instance node",
                           ("borealdb.nodes.instance",))
     _exit_with_parent()
-    extra = {"role": "reader", "writer": args.writer} if args.role == "reader" else {}
-    serve(args.node_id, args.az, args.listen, storage_nodes, volume_id=args.volume,
-          metrics_listen=args.metrics_listen, options=options, **extra)
+    extra = {"role": "reader", "writer": args.writer} if args.role == "reader" else {"volume_overrides": volume_overrides}
+    from borealdb import errors
+
+    try:
+        serve(args.node_id, args.az, args.listen, storage_nodes, volume_id=args.volume,
+              metrics_listen=args.metrics_listen, options=options, **extra)
+    except errors.Error as exc:  # e.g. QuorumLost at recovery: a message, not a traceback
+        raise CliError(f"instance node {args.node_id}: {type(exc).__name__}: {exc}") from None
     return 0
 
 

@@ -597,8 +597,10 @@ def start_reader(node_id: str, az: str, listen: str, storage_nodes: list, writer
 
 def serve(node_id: str, az: str, listen: str, storage_nodes: list, volume_id: str = "main",
           metrics_listen: str | None = None, options: InstanceOptions | None = None,
-          stop_event: threading.Event | None = None, role: str = "writer", writer: str | None = None) -> None:
-    """Run a writer (or, with role="reader" and writer=HOST:PORT, a read replica) until SIGTERM/SIGINT."""
+          stop_event: threading.Event | None = None, role: str = "writer", writer: str | None = None,
+          volume_overrides: dict | None = None) -> None:
+    """Run a writer (or, with role="reader" and writer=HOST:PORT, a read replica) until SIGTERM/SIGINT.
+    volume_overrides: fields of the writer's VolumeConfig (e.g. group_commit_delay_s)."""
     log = configure_logging(node_id=node_id, az=az, role=role)
     stop = stop_event or threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -607,7 +609,8 @@ def serve(node_id: str, az: str, listen: str, storage_nodes: list, volume_id: st
     if role == "reader":
         return _serve_reader(log, node_id, az, listen, storage_nodes, writer, volume_id, metrics_listen, options, stop)
     t0 = time.monotonic()
-    server, port, engine, transport = start_instance(node_id, az, listen, storage_nodes, volume_id=volume_id, options=options)
+    server, port, engine, transport = start_instance(node_id, az, listen, storage_nodes, volume_id=volume_id, options=options,
+                                                     volume_overrides=volume_overrides)
     metrics_port = start_metrics_server(metrics_listen) if metrics_listen else None
     rec = engine.volume.recovery
     log.info("instance_started", listen=listen, port=port, metrics_port=metrics_port, volume=volume_id,

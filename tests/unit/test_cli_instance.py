@@ -115,7 +115,43 @@ def test_instance_node_calls_serve(capsys, fake_server):
     assert all(isinstance(i, storage_pb2.StorageNodeInfo) for i in args[3])
     assert [(i.node_id, i.az, i.address) for i in args[3]] == [
         ("s-a1", "a", "127.0.0.1:7101"), ("s-a2", "a", "127.0.0.1:7102"), ("s-b1", "b", "127.0.0.1:7103")]
-    assert kwargs == {"volume_id": "v2", "metrics_listen": "127.0.0.1:7211", "options": None}
+    assert kwargs == {"volume_id": "v2", "metrics_listen": "127.0.0.1:7211", "options": None, "volume_overrides": None}
+
+
+def test_volume_options_reach_the_writer(capsys, fake_server):
+    code, _, err = run(capsys, *instance_argv("--volume-option", "group_commit_delay_s=0",
+                                              "--volume-option", "group-commit-siblings=5"))
+    assert code == 0, err
+    [(_, kwargs)] = fake_server
+    assert kwargs["volume_overrides"] == {"group_commit_delay_s": 0.0, "group_commit_siblings": 5}
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    (["--volume-option", "nope=1"], 1, "--volume-option nope: no such volume option"),
+    (["--volume-option", "volume_id=x"], 1, "no such volume option"),  # set by the node, not here
+    (["--volume-option", "group_commit_delay_s=5"], 1, "must be in [0, 1]"),
+    (["--volume-option", "group_commit_siblings=x"], 1, "--volume-option group_commit_siblings=x: expected a int"),
+    (["--role", "reader", "--writer", "127.0.0.1:7110", "--volume-option", "group_commit_delay_s=0"], 2,
+     "--volume-option is for the writer"),
+])
+def test_bad_volume_options(capsys, fake_server, argv, code, message):
+    got, _, err = run(capsys, *instance_argv(*argv))
+    assert got == code and message in err and "Traceback" not in err and fake_server == []
+
+
+def test_a_volume_error_at_start_is_a_message(capsys, monkeypatch):
+    from borealdb.errors import QuorumLost
+
+    mod = types.ModuleType("failing_instance_server")
+
+    def run_server(*_args, **_kwargs):
+        raise QuorumLost("volume 'main': only 0 storage nodes reachable; not creating")
+
+    mod.run_server = run_server
+    monkeypatch.setitem(sys.modules, "failing_instance_server", mod)
+    monkeypatch.setenv(cli.INSTANCE_SERVER_MODULE_ENV, "failing_instance_server:run_server")
+    code, _, err = run(capsys, *instance_argv())
+    assert code == 1 and "instance node i-a1: QuorumLost: volume 'main': only 0 storage nodes" in err
 
 
 def test_instance_options(capsys, fake_server):
