@@ -283,7 +283,7 @@ class _AppendStream:
         self.pending: dict[int, tuple[AppendCallback, float]] = {}  # seq -> (callback, deadline); in seq order
         self.outbox: deque[pb.AppendStreamRequest] = deque()
         self.seq = 0
-        self.writing = False
+        self.writer: asyncio.Task | None = None  # held: the loop keeps only weak references to tasks
         self.ended = False
         self.timer: asyncio.TimerHandle | None = None
         self.timer_deadline = 0.0
@@ -295,9 +295,8 @@ class _AppendStream:
         deadline = time.monotonic() + timeout_s
         self.pending[self.seq] = (callback, deadline)
         self.outbox.append(sreq)
-        if not self.writing:
-            self.writing = True
-            asyncio.ensure_future(self._write())
+        if self.writer is None:
+            self.writer = asyncio.ensure_future(self._write())
         if self.timer is None or deadline < self.timer_deadline:
             self._arm(deadline)
 
@@ -325,10 +324,12 @@ class _AppendStream:
         try:
             while self.outbox and not self.ended:
                 await self.call.write(self.outbox.popleft())
+        except asyncio.CancelledError:
+            pass  # fail() ended the stream
         except Exception as exc:  # noqa: BLE001 - the call failed: the reader sees why
             self.fail(self._translate(exc))
         finally:
-            self.writing = False
+            self.writer = None
 
     async def _read(self) -> None:
         try:
@@ -368,6 +369,9 @@ class _AppendStream:
             self.timer.cancel()
             self.timer = None
         self.outbox.clear()
+        writer = self.writer
+        if writer is not None and writer is not asyncio.current_task():
+            writer.cancel()  # its write may never complete on a cancelled call
         pending, self.pending = self.pending, {}
         try:
             self.call.cancel()
