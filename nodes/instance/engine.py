@@ -43,6 +43,9 @@ from borealdb.nodes.log import get_logger
 _log = get_logger(component="sql")
 
 # Statements that certainly write: sent to the writer without a snapshot attempt.
+# Error codes that mean the volume, not the statement, failed (nothing was read that a
+# client could take for durable, and a transaction cannot go on after them).
+_VOLUME_FAILURES = frozenset({"VOLUME_FULL", "QUORUM_LOST", "STALE_EPOCH", "UNAVAILABLE", "INTERNAL"})
 _WRITE_KEYWORDS = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "VACUUM", "REINDEX", "ANALYZE"})
 _LEADING = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.S)
 _WORD = re.compile(r"[A-Za-z]+")
@@ -355,7 +358,7 @@ class SqlEngine:
             self._writer.execute(sql)
         except (apsw.Error, BorealError) as exc:
             error = self._sql_error(exc, session)
-            if self._writer.in_transaction and error.code not in ("VOLUME_FULL", "QUORUM_LOST", "STALE_EPOCH", "UNAVAILABLE", "INTERNAL"):
+            if self._writer.in_transaction and error.code not in _VOLUME_FAILURES:
                 # e.g. a deferred foreign key violation: the transaction stays open, as in SQLite.
                 error = self._writer_error(error, session)
                 error.in_transaction = True
@@ -586,7 +589,7 @@ class SqlEngine:
         exists): the statement may have read other sessions' commits that are not
         durable yet, so it leaves only when the VDL covers the writer's last commit,
         like a result. If that wait fails, the wait's error is the answer."""
-        if error.code in ("STALE_EPOCH", "QUORUM_LOST", "UNAVAILABLE", "VOLUME_FULL", "INTERNAL"):
+        if error.code in _VOLUME_FAILURES:
             return error  # the volume failed: nothing was read that a client could take for durable
         try:
             self._wait_durable(self.db.last_commit_lsn, session)
