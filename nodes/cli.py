@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gossip-interval-s", type=_positive_float, metavar="SECONDS",
                    help="how often segments gossip with their peers to fill gaps (default: the node's)")
     p.add_argument("--scrub-interval-s", type=_positive_float, metavar="SECONDS",
-                   help="how often stored records are re-verified against their checksums (default: the node's)")
+                   help="how often each segment's stored records are re-verified against their checksums "
+                   "(default: the node's, 60; the pace is --option scrub_frames_per_s=N)")
     p.add_argument("--retention-s", type=_positive_float, metavar="SECONDS",
                    help="how long old page versions are kept for readers (default: the node's)")
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",

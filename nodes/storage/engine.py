@@ -36,6 +36,17 @@ _VOLUME_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
 @dataclass
+class _ScrubPass:
+    """Where one segment's scrub pass stands: records up to next_lsn are done, then the
+    versions of pages[:page_index]."""
+    started_s: float
+    next_lsn: int = 0
+    pages: list[int] | None = None  # the pages with versions when the versions' turn came
+    page_index: int = 0
+    done: bool = False
+
+
+@dataclass
 class StorageOptions:
     gossip_interval_s: float = 0.25            # when a segment is behind or has gaps
     gossip_idle_interval_s: float = 2.0        # otherwise
@@ -44,8 +55,9 @@ class StorageOptions:
     gossip_max_rounds: int = 8                 # FetchRecords calls per peer per pass
     peer_backoff_max_s: float = 5.0            # a down peer is skipped for up to this long
     peer_memory_s: float = 60.0                # a peer's reported SCL holds back GC this long
-    scrub_interval_s: float = 60.0
-    scrub_batch_records: int = 2000            # records verified per lock hold
+    scrub_interval_s: float = 60.0             # a segment's next scrub pass starts this long after its last began
+    scrub_frames_per_s: int = 2000             # the background scrub's pace: frames verified per second per node
+    scrub_batch_records: int = 200             # frames verified per lock hold (appends wait for the lock)
     retention_s: float = 300.0
     coalesce_interval_s: float = 0.5
     coalesce_max_pages: int = 2000             # per segment per pass
@@ -290,6 +302,7 @@ class StorageEngine:
         self._peer_down_until: dict[str, tuple[float, float]] = {}
         self._started = time.monotonic()
         self._last: dict[str, float] = {}
+        self._scrub_passes: dict[tuple[str, int], _ScrubPass] = {}  # maintenance thread only
         self.is_open = False
         self.frames_replayed = 0
 
@@ -1186,36 +1199,80 @@ class StorageEngine:
 
     # ---- scrub ----------------------------------------------------------------------
     def scrub_once(self) -> int:
-        """Verify every record frame and page version; returns corruptions found."""
+        """Verify every record frame and page version now (a whole pass over every
+        segment, unpaced); returns corruptions found."""
         found = 0
         for seg in self._all_segments():
-            with seg.lock:
-                lsns = list(seg.lsns)
-            for k in range(0, len(lsns), self.options.scrub_batch_records):
-                with seg.lock:
-                    for lsn in lsns[k:k + self.options.scrub_batch_records]:
-                        m = seg.records.get(lsn)
-                        if m is None or m.corrupt:
-                            continue
-                        if seg.load_record(m) is None:
-                            found += 1
-                            stats.SCRUB_CORRUPT.labels(self.node_id, "record").inc()
-            with seg.lock:
-                for page, vs in list(seg.versions.items()):
-                    for v in list(vs):
-                        if seg.load_version(page, v) is None:
-                            found += 1
-                            self._drop_corrupt_version(seg, page, v, "scrub")
+            scrub = _ScrubPass(time.monotonic())
+            while not scrub.done:
+                found += self._scrub_batch(seg, scrub, self.options.scrub_batch_records)[1]
         return found
+
+    def scrub_step(self, budget_frames: int) -> int:
+        """The background scrub: verify up to budget_frames frames, going on with each
+        segment's current pass, and start a segment's next pass scrub_interval_s after its
+        last one began. Returns corruptions found."""
+        found = 0
+        now = time.monotonic()
+        segments = self._all_segments()
+        live = {(seg.params.volume_id, seg.params.pg) for seg in segments}
+        for key in [k for k in self._scrub_passes if k not in live]:
+            del self._scrub_passes[key]  # dropped segments
+        for seg in segments:
+            key = (seg.params.volume_id, seg.params.pg)
+            scrub = self._scrub_passes.get(key)
+            if scrub is None or (scrub.done and now - scrub.started_s >= self.options.scrub_interval_s):
+                scrub = self._scrub_passes[key] = _ScrubPass(now)
+            while not scrub.done and budget_frames > 0:
+                verified, corrupt = self._scrub_batch(seg, scrub, min(budget_frames, self.options.scrub_batch_records))
+                budget_frames -= max(1, verified)
+                found += corrupt
+            if budget_frames <= 0:
+                break
+        return found
+
+    def _scrub_batch(self, seg: Segment, scrub: "_ScrubPass", limit: int) -> tuple[int, int]:
+        """Verify up to `limit` frames of `seg` from where `scrub` stands, under one hold of
+        the segment's lock: records in LSN order, then page versions in page order.
+        Returns (frames verified, corruptions found)."""
+        verified = corrupt = 0
+        with seg.lock:
+            if scrub.pages is None:
+                i = bisect.bisect_right(seg.lsns, scrub.next_lsn)
+                chunk = seg.lsns[i:i + limit]
+                for lsn in chunk:
+                    m = seg.records.get(lsn)
+                    if m is None or m.corrupt:
+                        continue
+                    verified += 1
+                    if seg.load_record(m) is None:
+                        corrupt += 1
+                        stats.SCRUB_CORRUPT.labels(self.node_id, "record").inc()
+                if chunk:
+                    scrub.next_lsn = chunk[-1]
+                    return verified, corrupt
+                scrub.pages = sorted(seg.versions)
+            while scrub.page_index < len(scrub.pages):
+                page = scrub.pages[scrub.page_index]
+                scrub.page_index += 1
+                for v in list(seg.versions.get(page, ())):
+                    verified += 1
+                    if seg.load_version(page, v) is None:
+                        corrupt += 1
+                        self._drop_corrupt_version(seg, page, v, "scrub")
+                if verified >= limit:
+                    return verified, corrupt
+            scrub.done = True
+        return verified, corrupt
 
     def _maintenance_loop(self) -> None:
         o = self.options
         steps = (("coalesce", o.coalesce_interval_s, self.coalesce_once), ("gc", o.gc_interval_s, self.gc_once),
-                 ("checkpoint", o.checkpoint_interval_s, self.checkpoint_once),
-                 ("scrub", o.scrub_interval_s, self.scrub_once))
+                 ("checkpoint", o.checkpoint_interval_s, self.checkpoint_once))
         start = time.monotonic()
         last = {name: start for name, _i, _f in steps}
         tick = max(0.01, min(i for _n, i, _f in steps) / 2)
+        last_scrub = start
         while not self._stop.wait(tick):
             for name, interval, fn in steps:
                 if time.monotonic() - last[name] >= interval:
@@ -1224,3 +1281,13 @@ class StorageEngine:
                     except Exception:  # noqa: BLE001
                         self.log.exception("background_step_failed", step=name)
                     last[name] = time.monotonic()
+            # Scrub at a steady pace instead of a whole pass at once: a pass over every
+            # record held (retention_s of writes) took seconds of CPU in one burst.
+            now = time.monotonic()
+            budget = int(o.scrub_frames_per_s * min(1.0, now - last_scrub))
+            if budget > 0:
+                last_scrub = now
+                try:
+                    self.scrub_step(budget)
+                except Exception:  # noqa: BLE001
+                    self.log.exception("background_step_failed", step="scrub")

@@ -355,3 +355,26 @@ def test_background_threads_fill_a_gap_without_explicit_calls(tmp_path):
         check_reads(engines[2], w, [30])
     finally:
         c.close()
+
+
+def test_background_scrub_is_paced_and_resumes_where_it_stopped(tmp_path):
+    opts = StorageOptions(scrub_batch_records=10, scrub_interval_s=3600)
+    e = StorageEngine("s", "a", "x:1", str(tmp_path), opts).open()
+    w = PgWriter(page_count=4)
+    e.create_segment(w.create_request())
+    append(e, w.records(50))
+    seg = e.segment(VOLUME, 0)
+    m = seg.records[35]
+    _flip_byte(os.path.join(seg.log.directory, f"{m.chunk:06d}.log"), m.off + 20)
+    assert e.scrub_step(20) == 0              # records 1..20: the flip is not reached yet
+    assert info(e).corrupt_records == 0
+    assert e.scrub_step(20) == 1              # 21..40: found, and marked
+    assert info(e).corrupt_records == 1
+    assert e.scrub_step(1000) == 0            # the rest; the pass is done
+    m2 = seg.records[5]
+    _flip_byte(os.path.join(seg.log.directory, f"{m2.chunk:06d}.log"), m2.off + 20)
+    assert e.scrub_step(1000) == 0            # the next pass waits for scrub_interval_s
+    e.options.scrub_interval_s = 0
+    assert e.scrub_step(1000) == 1            # a new pass from the start finds the new flip
+    assert e.scrub_once() == 0                # both already marked: nothing new
+    e.close()
