@@ -424,7 +424,9 @@ def cmd_instance_node(args: argparse.Namespace) -> int:
     serve = _import_serve(INSTANCE_SERVER_MODULE_ENV, "borealdb.nodes.instance.server", "instance node",
                           ("borealdb.nodes.instance",))
     _exit_with_parent()
-    extra = {"role": "reader", "writer": args.writer} if args.role == "reader" else {"volume_overrides": volume_overrides}
+    extra: dict[str, Any] = {"role": "reader", "writer": args.writer} if args.role == "reader" else {}
+    if volume_overrides:  # only then: a server module without volume options still runs
+        extra["volume_overrides"] = volume_overrides
     from borealdb import errors
 
     try:

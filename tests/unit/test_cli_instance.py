@@ -115,7 +115,7 @@ def test_instance_node_calls_serve(capsys, fake_server):
     assert all(isinstance(i, storage_pb2.StorageNodeInfo) for i in args[3])
     assert [(i.node_id, i.az, i.address) for i in args[3]] == [
         ("s-a1", "a", "127.0.0.1:7101"), ("s-a2", "a", "127.0.0.1:7102"), ("s-b1", "b", "127.0.0.1:7103")]
-    assert kwargs == {"volume_id": "v2", "metrics_listen": "127.0.0.1:7211", "options": None, "volume_overrides": None}
+    assert kwargs == {"volume_id": "v2", "metrics_listen": "127.0.0.1:7211", "options": None}
 
 
 def test_volume_options_reach_the_writer(capsys, fake_server):
