@@ -387,7 +387,7 @@ class _Sender:
             vol._fix_node(self.address, fix, self._fixed)
             return
         if reason is None and isinstance(exc, NodeUnavailable):
-            if newly_down:
+            if newly_down and not vol._stopped:  # closing the transport fails what is in flight
                 vol._log.warning("storage_node_down", address=self.address, error=str(exc), epoch=vol._epoch,
                                  vdl=vol._vdl_cache, vcl=vol._vcl_cache)
             if backlog > vol.config.max_node_backlog_bytes:
