@@ -317,7 +317,7 @@ class _Sender:
     def _delay_over(self) -> None:
         with self.lock:
             self.delay_armed = False
-        self.pump()
+        self.pump(no_delay=True)  # the delay is what just ended
 
     def _send(self, batch: list[pb.RedoRecord]) -> None:
         vol = self.vol

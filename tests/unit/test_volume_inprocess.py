@@ -442,6 +442,10 @@ def test_group_commit_delay_never_delays_a_lone_client(nodes):
 
 def test_group_commit_delay_holds_overlapping_commits_for_one_batch(nodes):
     vol, transport = _timer_volume(nodes, group_commit_delay_s=1.0, group_commit_siblings=3)
+    # Without the ticker (which would send once the second is over), only the timer sends
+    # the held batch: the test does not race the clock.
+    vol._tick_stop.set()
+    vol._ticker.join(5)
     try:
         rng, model = random.Random(4), {}
         for info in nodes.infos:  # the first batch stays in flight while 3 more commits queue
@@ -453,7 +457,7 @@ def test_group_commit_delay_holds_overlapping_commits_for_one_batch(nodes):
         assert vol.wait_durable(first, 5) >= first
         senders = [vol._senders[i.address] for i in pg_nodes(vol, 0)]
         wait_until(lambda: all(s.inflight == 0 and s.delay_armed for s in senders), 5, "the delay armed on every node")
-        # 3 groups queued on each node: they wait for the delay (1 s after the first send), not for an RPC
+        # 3 groups queued on each node: they wait for the delay's timer, not for an RPC
         assert all(len(s.queue) == 3 for s in senders) and vol.vdl < last
         assert len(transport.timers) == len(senders) and all(0 < d <= 1.0 for d, _ in transport.timers)
         transport.fire_all()  # the delay is over: one batch of 3 groups per node
