@@ -255,6 +255,35 @@ def after_execute_one_failed(conn: Any, err: Any) -> None:
         conn._execute_one = False  # an older server: streams only
 
 
+# ---- the request loop's bookkeeping (shared by the sync and asyncio connections) -------
+
+
+def session_opened(conn: Any, resp: sql_pb2.OpenSessionResponse) -> str:
+    """Record a new session on `conn` (its id, the node's id, role and epoch)."""
+    conn.session_id = resp.session_id
+    conn.node_id, conn.role, conn.epoch = resp.node_id, resp.role, resp.epoch
+    return conn.session_id
+
+
+def request_failed(conn: Any, err: Any, *, in_tx_before: bool, may_retry: bool, outcome_unknown: bool,
+                   what: str) -> errors.Error | None:
+    """A request of `conn` failed with the RpcError `err`: update the connection's
+    transaction and session state and return the error to raise, or None to send the
+    request once more (its session expired outside a transaction: nothing was lost)."""
+    exc = error_from_rpc(err, outcome_unknown=outcome_unknown, what=what)
+    if exc.in_transaction is not None:
+        conn._in_tx = exc.in_transaction
+    if isinstance(exc, errors.SessionExpired):
+        conn.session_id = None
+        if in_tx_before:
+            conn._in_tx = False
+            return errors.SessionExpired(f"{exc}: the session expired and its open transaction is gone (rolled back)",
+                                         code=exc.code, sqlite_code=exc.sqlite_code)
+        if may_retry:
+            return None
+    return exc
+
+
 # ---- errors -----------------------------------------------------------------------
 
 # The server's stable codes (sql.proto SqlErrorCode) -> classes. SQL errors follow

@@ -137,11 +137,8 @@ class Connection:
         try:
             resp = self._stub.OpenSession(sql_pb2.OpenSessionRequest(client_name=self.client_name), timeout=self.timeout_s)
         except grpc.RpcError as e:
-            exc = _wire.error_from_rpc(e, what=f"cannot open a session on {self.url}")
-            raise exc from e
-        self.session_id = resp.session_id
-        self.node_id, self.role, self.epoch = resp.node_id, resp.role, resp.epoch
-        return self.session_id
+            raise _wire.error_from_rpc(e, what=f"cannot open a session on {self.url}") from e
+        return _wire.session_opened(self, resp)
 
     def _request(self, send: Any, *, outcome_unknown: bool = False, what: str = "") -> Any:
         """send(session_id) with error mapping; reopens an expired session once outside a transaction."""
@@ -152,22 +149,11 @@ class Connection:
             try:
                 return send(sid)
             except grpc.RpcError as e:
-                cause = e
-                exc = _wire.error_from_rpc(e, outcome_unknown=outcome_unknown, what=what)
-            if exc.in_transaction is not None:
-                self._in_tx = exc.in_transaction
-            if isinstance(exc, errors.SessionExpired):
-                self.session_id = None
-                if in_tx_before:
-                    self._in_tx = False
-                    raise errors.SessionExpired(
-                        f"{exc}: the session expired and its open transaction is gone (rolled back)",
-                        code=exc.code, sqlite_code=exc.sqlite_code,
-                    ) from cause
-                if attempt == 0:
-                    continue
-            raise exc from cause
-        raise AssertionError("unreachable")
+                exc = _wire.request_failed(self, e, in_tx_before=in_tx_before, may_retry=attempt == 0,
+                                           outcome_unknown=outcome_unknown, what=what)
+                if exc is not None:
+                    raise exc from e
+        raise AssertionError("unreachable: the second attempt may not retry")
 
     def _before_request(self, cursor: "Cursor | None") -> None:
         """One result streams at a time: finish the one in flight before sending more."""

@@ -308,3 +308,35 @@ def test_stream_required_is_recognised():
     assert _wire.stream_required(FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "x", [("boreal-error", "STREAM_REQUIRED")]))
     assert _wire.stream_required(FakeRpcError(grpc.StatusCode.UNIMPLEMENTED, "no ExecuteOne"))
     assert not _wire.stream_required(FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "x", [("boreal-error", "MISUSE")]))
+
+
+class _Conn:
+    def __init__(self, in_tx):
+        self.session_id, self._in_tx = "s-1", in_tx
+
+
+def _expired():
+    return FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "session s-1 expired", [("boreal-error", "SESSION_EXPIRED")])
+
+
+def test_request_failed_retries_an_expired_session_once_outside_a_transaction():
+    conn = _Conn(in_tx=False)
+    assert _wire.request_failed(conn, _expired(), in_tx_before=False, may_retry=True, outcome_unknown=False, what="x") is None
+    assert conn.session_id is None  # the next attempt opens a new session
+    exc = _wire.request_failed(conn, _expired(), in_tx_before=False, may_retry=False, outcome_unknown=False, what="x")
+    assert isinstance(exc, errors.SessionExpired)
+
+
+def test_request_failed_never_retries_inside_a_transaction():
+    conn = _Conn(in_tx=True)
+    exc = _wire.request_failed(conn, _expired(), in_tx_before=True, may_retry=True, outcome_unknown=False, what="x")
+    assert isinstance(exc, errors.SessionExpired) and "open transaction is gone" in str(exc)
+    assert conn.session_id is None and conn._in_tx is False
+
+
+def test_request_failed_takes_the_servers_transaction_state():
+    conn = _Conn(in_tx=True)
+    err = FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "UNIQUE constraint failed",
+                       [("boreal-error", "CONSTRAINT_VIOLATION"), ("boreal-in-transaction", "1")])
+    exc = _wire.request_failed(conn, err, in_tx_before=True, may_retry=True, outcome_unknown=False, what="x")
+    assert isinstance(exc, errors.IntegrityError) and conn._in_tx is True and conn.session_id == "s-1"
