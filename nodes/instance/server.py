@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import signal
 import threading
+from collections import deque
 import time
 from concurrent import futures
 from typing import Any
@@ -127,6 +128,85 @@ def _rows_bytes(rows) -> int:
     return sum(len(v) if isinstance(v, (str, bytes)) else 8 for row in rows for v in row)
 
 
+class _WriterThread:
+    """The one thread that runs everything on the writer connection, in submission order.
+
+    Like a one-worker ThreadPoolExecutor, but completions reach the event loop in batches:
+    one wake-up of the loop for all the statements finished since its last turn, instead
+    of one per statement (under load the loop is busy and several finish meanwhile)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, name: str = "sql-writer"):
+        self._loop = loop
+        self._cond = threading.Condition()
+        self._jobs: deque = deque()
+        self._done: list = []               # (future, ok, value): guarded by _cond
+        self._deliver_pending = False
+        self._stopped = False
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, fn, *args) -> asyncio.Future:
+        """On the loop: run fn(*args) on the writer thread; a future of its result."""
+        fut = self._loop.create_future()
+        with self._cond:
+            if self._stopped:
+                raise RuntimeError("the writer thread is shut down")
+            self._jobs.append((fut, fn, args))
+            self._cond.notify()
+        return fut
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and not self._stopped:
+                    self._cond.wait()
+                if not self._jobs:
+                    return
+                fut, fn, args = self._jobs.popleft()
+            if fut.cancelled():  # its caller went away before it started (a racy read: best effort)
+                continue
+            try:
+                ok, value = True, fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                ok, value = False, exc
+            with self._cond:
+                self._done.append((fut, ok, value))
+                if self._deliver_pending:
+                    continue
+                self._deliver_pending = True
+            try:
+                self._loop.call_soon_threadsafe(self._deliver)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                return
+
+    def _deliver(self) -> None:
+        with self._cond:
+            done, self._done = self._done, []
+            self._deliver_pending = False
+        for fut, ok, value in done:
+            if fut.cancelled():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        with self._cond:
+            self._stopped = True
+            dropped = list(self._jobs) if cancel_futures else []
+            if cancel_futures:
+                self._jobs.clear()
+            self._cond.notify_all()
+        for fut, _fn, _args in dropped:
+            try:
+                self._loop.call_soon_threadsafe(fut.cancel)
+            except RuntimeError:  # the loop is closed
+                break
+        if wait:
+            self._thread.join()
+
+
 class InstanceService(pbg.InstanceServicer):
     """The Instance service on a grpc.aio server that shares the volume transport's event loop.
 
@@ -147,7 +227,7 @@ class InstanceService(pbg.InstanceServicer):
         self.publisher = None  # the writer's replica.RedoPublisher (for the list of its replicas)
         self.loop = loop
         self._loop_tid = 0
-        self.writer_pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sql-writer")
+        self.writer_pool = _WriterThread(loop)
         self.read_pool = futures.ThreadPoolExecutor(max_workers=engine.options.snapshot_pool_size,
                                                     thread_name_prefix="sql-read")
         self._lock_waiters = 0
@@ -168,7 +248,9 @@ class InstanceService(pbg.InstanceServicer):
         context.set_trailing_metadata(tuple(md))
         await context.abort(_STATUS.get(err.code, grpc.StatusCode.UNKNOWN), err.message)
 
-    def _in_thread(self, pool: futures.ThreadPoolExecutor, fn, *args):
+    def _in_thread(self, pool: "futures.ThreadPoolExecutor | _WriterThread", fn, *args):
+        if isinstance(pool, _WriterThread):
+            return pool.run(fn, *args)
         return self.loop.run_in_executor(pool, fn, *args)
 
     def _write_lock_released(self) -> None:
