@@ -401,12 +401,13 @@ def _volume_options(args: argparse.Namespace) -> dict[str, Any] | None:
         return None
     if args.role == "reader":
         raise CliUsageError("--volume-option is for the writer (a reader never writes to the volume)")
+    from borealdb.errors import InvalidRequest
     from borealdb.nodes.volume import VolumeConfig
 
     overrides = _parse_options(args.volume_option, VolumeConfig, "volume", "--volume-option")
     try:  # the writer would fail the same way, later and less clearly
         VolumeConfig(volume_id="check", nodes=[], **overrides).validate()
-    except Exception as exc:  # noqa: BLE001 - InvalidRequest
+    except InvalidRequest as exc:
         raise CliError(f"--volume-option: {exc}") from None
     return overrides
 

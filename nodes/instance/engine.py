@@ -42,10 +42,10 @@ from borealdb.nodes.log import get_logger
 
 _log = get_logger(component="sql")
 
-# Statements that certainly write: sent to the writer without a snapshot attempt.
 # Error codes that mean the volume, not the statement, failed (nothing was read that a
 # client could take for durable, and a transaction cannot go on after them).
 _VOLUME_FAILURES = frozenset({"VOLUME_FULL", "QUORUM_LOST", "STALE_EPOCH", "UNAVAILABLE", "INTERNAL"})
+# Statements that certainly write: sent to the writer without a snapshot attempt.
 _WRITE_KEYWORDS = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "VACUUM", "REINDEX", "ANALYZE"})
 _LEADING = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.S)
 _WORD = re.compile(r"[A-Za-z]+")

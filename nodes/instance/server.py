@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import signal
 import threading
-from collections import deque
 import time
+from collections import deque
 from concurrent import futures
 from typing import Any
 
@@ -227,7 +227,7 @@ class InstanceService(pbg.InstanceServicer):
         self.publisher = None  # the writer's replica.RedoPublisher (for the list of its replicas)
         self.loop = loop
         self._loop_tid = 0
-        self.writer_pool = _WriterThread(loop)
+        self.writer_thread = _WriterThread(loop)  # owns the writer connection
         self.read_pool = futures.ThreadPoolExecutor(max_workers=engine.options.snapshot_pool_size,
                                                     thread_name_prefix="sql-read")
         self._lock_waiters = 0
@@ -248,9 +248,7 @@ class InstanceService(pbg.InstanceServicer):
         context.set_trailing_metadata(tuple(md))
         await context.abort(_STATUS.get(err.code, grpc.StatusCode.UNKNOWN), err.message)
 
-    def _in_thread(self, pool: "futures.ThreadPoolExecutor | _WriterThread", fn, *args):
-        if isinstance(pool, _WriterThread):
-            return pool.run(fn, *args)
+    def _in_thread(self, pool: futures.ThreadPoolExecutor, fn, *args):
         return self.loop.run_in_executor(pool, fn, *args)
 
     def _write_lock_released(self) -> None:
@@ -362,7 +360,7 @@ class InstanceService(pbg.InstanceServicer):
         async with self._serial(sid):
             await self._previous_closed(session)
             if session.in_transaction and self.role == "writer":  # rolled back on the writer connection
-                await self._in_thread(self.writer_pool, self.engine.close_session, sid)
+                await self.writer_thread.run(self.engine.close_session, sid)
             else:
                 self.engine.close_session(sid)
         M_SESSIONS.set(self.engine.session_count())
@@ -411,8 +409,8 @@ class InstanceService(pbg.InstanceServicer):
                 try:
                     if on_writer:
                         try:
-                            chunks = await self._in_thread(
-                                self.writer_pool, lambda: list(engine.execute(sid, sql, params, batch_rows, deferred)))
+                            chunks = await self.writer_thread.run(
+                                lambda: list(engine.execute(sid, sql, params, batch_rows, deferred)))
                         except SqlError:
                             # An error can tell what the statement read: it waits like a result.
                             await self._durable(deferred.durable_lsn, session)
@@ -552,7 +550,7 @@ class InstanceService(pbg.InstanceServicer):
                 while True:
                     deferred = Deferred()
                     try:
-                        out = await self._in_thread(self.writer_pool, engine.execute_many, sid, request.sql, sets, deferred)
+                        out = await self.writer_thread.run(engine.execute_many, sid, request.sql, sets, deferred)
                         break
                     except WriteLockBusy:
                         await self._wait_write_lock(deadline)
@@ -579,7 +577,7 @@ class InstanceService(pbg.InstanceServicer):
         )
 
     def close(self) -> None:
-        self.writer_pool.shutdown(wait=False, cancel_futures=True)
+        self.writer_thread.shutdown(wait=False, cancel_futures=True)
         self.read_pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -609,7 +607,7 @@ def _start_server(loop: asyncio.AbstractEventLoop, listen: str, service: Instanc
         streams_pool.shutdown(wait=False)
         service.close()
         raise
-    return AioServer(server, loop, [streams_pool, service.writer_pool, service.read_pool]), port
+    return AioServer(server, loop, [streams_pool, service.writer_thread, service.read_pool]), port
 
 
 def start_instance(node_id: str, az: str, listen: str, storage_nodes: list, *, volume_id: str = "main",
