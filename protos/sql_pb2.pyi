@@ -184,6 +184,26 @@ class ExecuteManyResponse(_message.Message):
     commit_lsn: int
     def __init__(self, rows_affected: _Optional[int] = ..., last_insert_rowid: _Optional[int] = ..., in_transaction: _Optional[bool] = ..., commit_lsn: _Optional[int] = ...) -> None: ...
 
+class StatementError(_message.Message):
+    __slots__ = ("code", "message", "in_transaction", "sqlite_code")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    IN_TRANSACTION_FIELD_NUMBER: _ClassVar[int]
+    SQLITE_CODE_FIELD_NUMBER: _ClassVar[int]
+    code: SqlErrorCode
+    message: str
+    in_transaction: bool
+    sqlite_code: int
+    def __init__(self, code: _Optional[_Union[SqlErrorCode, str]] = ..., message: _Optional[str] = ..., in_transaction: _Optional[bool] = ..., sqlite_code: _Optional[int] = ...) -> None: ...
+
+class StatementResponse(_message.Message):
+    __slots__ = ("result", "error")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    result: ExecuteResponse
+    error: StatementError
+    def __init__(self, result: _Optional[_Union[ExecuteResponse, _Mapping]] = ..., error: _Optional[_Union[StatementError, _Mapping]] = ...) -> None: ...
+
 class InstanceStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -54,6 +54,11 @@ class InstanceStub:
                 request_serializer=sql__pb2.ExecuteRequest.SerializeToString,
                 response_deserializer=sql__pb2.ExecuteResponse.FromString,
                 _registered_method=True)
+        self.Statements = channel.stream_stream(
+                '/borealdb.sql.v1.Instance/Statements',
+                request_serializer=sql__pb2.ExecuteRequest.SerializeToString,
+                response_deserializer=sql__pb2.StatementResponse.FromString,
+                _registered_method=True)
         self.ExecuteMany = channel.unary_unary(
                 '/borealdb.sql.v1.Instance/ExecuteMany',
                 request_serializer=sql__pb2.ExecuteManyRequest.SerializeToString,
@@ -98,6 +103,18 @@ class InstanceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Statements(self, request_iterator, context):
+        """ExecuteOne's requests over one long-lived stream (a client keeps one per session):
+        each request is answered by one StatementResponse, in order, with statement errors
+        in the message (STREAM_REQUIRED included) so that the stream stays open. The server
+        spends about 40% of a unary call's CPU per message. Requests are handled one at a
+        time; a transport failure ends the stream, and the statement in flight has the
+        outcome it would have had if a unary call had failed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExecuteMany(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -132,6 +149,11 @@ def add_InstanceServicer_to_server(servicer, server):
                     servicer.ExecuteOne,
                     request_deserializer=sql__pb2.ExecuteRequest.FromString,
                     response_serializer=sql__pb2.ExecuteResponse.SerializeToString,
+            ),
+            'Statements': grpc.stream_stream_rpc_method_handler(
+                    servicer.Statements,
+                    request_deserializer=sql__pb2.ExecuteRequest.FromString,
+                    response_serializer=sql__pb2.StatementResponse.SerializeToString,
             ),
             'ExecuteMany': grpc.unary_unary_rpc_method_handler(
                     servicer.ExecuteMany,
@@ -252,6 +274,33 @@ class Instance:
             '/borealdb.sql.v1.Instance/ExecuteOne',
             sql__pb2.ExecuteRequest.SerializeToString,
             sql__pb2.ExecuteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Statements(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/borealdb.sql.v1.Instance/Statements',
+            sql__pb2.ExecuteRequest.SerializeToString,
+            sql__pb2.StatementResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -394,6 +394,26 @@ class InstanceService(pbg.InstanceServicer):
         M_LATENCY.observe(time.perf_counter() - t0)
         return msg
 
+    async def Statements(self, request_iterator, context):
+        """ExecuteOne for each request of the stream, one at a time, answered in order;
+        statement errors travel in the answer so that the stream stays open."""
+        async for request in request_iterator:
+            t0 = time.perf_counter()
+            msg = None
+            try:
+                params = _params(request.params, request.named_params)
+                async for msg in self._execute(request.session_id, request.sql, params, request.batch_rows, one=True):
+                    pass
+            except SqlError as err:
+                M_STATEMENTS.labels(err.code).inc()
+                yield pb.StatementResponse(error=pb.StatementError(
+                    code=err.code, message=err.message, in_transaction=err.in_transaction,
+                    sqlite_code=err.sqlite_code))
+                continue
+            _OK.inc()
+            M_LATENCY.observe(time.perf_counter() - t0)
+            yield pb.StatementResponse(result=msg)
+
     async def _execute(self, sid: str, sql: str, params, batch_rows: int, *, one: bool = False):
         """Yield the response messages of one statement (one=True: exactly one message)."""
         engine = self.engine
