@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import grpc
+
 from borealdb import errors
 from borealdb.protos import sql_pb2
 
@@ -253,6 +255,79 @@ def after_execute_one_failed(conn: Any, err: Any) -> None:
         raise err
     if rpc_status_name(err) == "UNIMPLEMENTED":
         conn._execute_one = False  # an older server: streams only
+
+
+# ---- the Statements stream -----------------------------------------------------------
+
+
+class StatementFailed(grpc.RpcError):
+    """A statement error that arrived inside the Statements stream. It has the interface
+    of a failed call (code(), details(), trailing_metadata()) and the metadata ExecuteOne
+    would have sent, so that one mapping (error_from_rpc) serves both; the stream stays open."""
+
+    def __init__(self, error: sql_pb2.StatementError):
+        super().__init__(error.message)
+        self._error = error
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNKNOWN  # the boreal-error code decides the class
+
+    def details(self) -> str:
+        return self._error.message
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        e = self._error
+        try:
+            name = sql_pb2.SqlErrorCode.Name(e.code)
+        except ValueError:  # a code newer than this client
+            name = f"SQL_ERROR_CODE_{e.code}"
+        md = [("boreal-error", name), ("boreal-in-transaction", "1" if e.in_transaction else "0")]
+        if e.HasField("sqlite_code"):
+            md.append(("boreal-sqlite-code", str(e.sqlite_code)))
+        return tuple(md)
+
+
+class StatementTimedOut(grpc.RpcError):
+    """No answer to a statement sent on the Statements stream within the connection's
+    timeout: the client cancelled the stream. Mapped like a unary call's DEADLINE_EXCEEDED."""
+
+    def __init__(self, timeout_s: float):
+        super().__init__(f"no answer within {timeout_s:g}s")
+        self._details = f"Deadline Exceeded: no answer within {timeout_s:g}s"
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple:
+        return ()
+
+
+class StreamEnded(grpc.RpcError):
+    """The server ended the Statements stream without answering (it shut down cleanly)."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "the server closed the statement stream"
+
+    def trailing_metadata(self) -> tuple:
+        return ()
+
+
+def statement_result(resp: sql_pb2.StatementResponse) -> sql_pb2.ExecuteResponse:
+    """The ExecuteResponse of a Statements answer; raises StatementFailed for an error."""
+    if resp.HasField("error"):
+        raise StatementFailed(resp.error)
+    return resp.result
+
+
+def streams_unsupported(err: Any) -> bool:
+    """True if the server has no Statements method (it predates it): use ExecuteOne."""
+    return not isinstance(err, StatementFailed) and rpc_status_name(err) == "UNIMPLEMENTED"
 
 
 # ---- the request loop's bookkeeping (shared by the sync and asyncio connections) -------

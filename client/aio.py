@@ -18,6 +18,7 @@ error mapping and lazy streaming are as in borealdb.dbapi.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
@@ -60,6 +61,8 @@ class AsyncConnection:
         self._closed = False
         self._active: AsyncCursor | None = None
         self._execute_one = True  # the server has ExecuteOne (single-message results)
+        self._use_stream = True  # ... and the Statements stream that carries them
+        self._stream: Any = None  # the open Statements call (grpc.aio StreamStreamCall)
         self._channel = grpc.aio.insecure_channel(address.target, options=_wire.CHANNEL_OPTIONS)
         self._stub = sql_pb2_grpc.InstanceStub(self._channel)
 
@@ -96,6 +99,38 @@ class AsyncConnection:
                     raise exc from e
         raise AssertionError("unreachable: the second attempt may not retry")
 
+    async def _execute_one_request(self, request: sql_pb2.ExecuteRequest) -> sql_pb2.ExecuteResponse:
+        """An ExecuteOne, sent on the connection's Statements stream (opened on first use and
+        after a failure; see borealdb._stream for why); as a unary call to an older server."""
+        if self._use_stream:
+            call = self._stream
+            if call is None or call.done():
+                call = self._stream = self._stub.Statements()
+            # The stream is dropped unless the answer comes in: an interrupted wait (an
+            # error, a timeout, a cancelled task) leaves an answer on its way that the next
+            # statement would take for its own.
+            self._stream = None
+            try:
+                await call.write(request)
+                resp = await asyncio.wait_for(call.read(), self.timeout_s)
+            except asyncio.TimeoutError:
+                call.cancel()
+                raise _wire.StatementTimedOut(self.timeout_s or 0.0) from None
+            except grpc.RpcError as e:
+                call.cancel()
+                if not _wire.streams_unsupported(e):
+                    raise
+                self._use_stream = False
+            except BaseException:
+                call.cancel()
+                raise
+            else:
+                if resp is grpc.aio.EOF:
+                    raise _wire.StreamEnded()
+                self._stream = call
+                return _wire.statement_result(resp)
+        return await self._stub.ExecuteOne(request, timeout=self.timeout_s)
+
     async def _before_request(self, cursor: "AsyncCursor | None") -> None:
         active = self._active
         if active is None:
@@ -110,7 +145,7 @@ class AsyncConnection:
         await self._before_request(None)
 
         async def send(sid: str) -> None:
-            resp = await self._stub.ExecuteOne(sql_pb2.ExecuteRequest(session_id=sid, sql=sql), timeout=self.timeout_s)
+            resp = await self._execute_one_request(sql_pb2.ExecuteRequest(session_id=sid, sql=sql))
             self._in_tx = resp.in_transaction
 
         await self._request(send, outcome_unknown=outcome_unknown, what=sql)
@@ -146,6 +181,9 @@ class AsyncConnection:
         self._closed = True
         if self._active is not None:
             self._active._cancel()
+        if self._stream is not None:
+            self._stream.cancel()
+            self._stream = None
         try:
             if self.session_id:
                 await self._stub.CloseSession(sql_pb2.CloseSessionRequest(session_id=self.session_id),
@@ -208,7 +246,7 @@ class AsyncCursor(_CursorBase):
             req = sql_pb2.ExecuteRequest(session_id=sid, sql=sql, params=positional, named_params=named)
             if conn._execute_one and _wire.one_message(sql):
                 try:
-                    resp = await conn._stub.ExecuteOne(req, timeout=conn.timeout_s)
+                    resp = await conn._execute_one_request(req)
                 except grpc.RpcError as e:
                     _wire.after_execute_one_failed(conn, e)
                 else:

@@ -28,6 +28,12 @@ another statement is sent on the same connection while a cursor still has unread
 rows, those rows are read into that cursor's memory first (so iterating over one
 cursor while writing with another works, as with sqlite3).
 
+Statements whose result fits one message (all but large reads and writes with
+RETURNING) travel on one long-lived Statements stream per connection, which costs
+the server less than a call per statement; a transport failure ends the stream
+(the statement in flight fails as its own call would have) and the next statement
+opens a new one. Against a server without that stream, each is a unary call.
+
 Errors follow PEP 249 and sqlite3 (see borealdb.errors); when the connection is
 lost while a COMMIT (or a write in autocommit mode) is in flight, the outcome is
 unknown and OutcomeUnknown is raised.
@@ -43,6 +49,7 @@ import grpc
 import grpc.experimental
 
 from borealdb import _wire, errors
+from borealdb._stream import StatementStream
 from borealdb.protos import sql_pb2, sql_pb2_grpc
 
 apilevel = "2.0"
@@ -104,6 +111,8 @@ class Connection:
         self._closed = False
         self._active: Cursor | None = None  # the cursor whose result is streaming
         self._execute_one = True  # the server has ExecuteOne (single-message results)
+        self._use_stream = True  # ... and the Statements stream that carries them
+        self._stream: StatementStream | None = None
         self._channel = grpc.insecure_channel(address.target, options=_SYNC_CHANNEL_OPTIONS)
         self._stub = sql_pb2_grpc.InstanceStub(self._channel)
         try:
@@ -155,6 +164,21 @@ class Connection:
                     raise exc from e
         raise AssertionError("unreachable: the second attempt may not retry")
 
+    def _execute_one_request(self, request: sql_pb2.ExecuteRequest) -> sql_pb2.ExecuteResponse:
+        """An ExecuteOne, sent on the connection's Statements stream (opened on first use,
+        and again after a transport failure); as a unary call to a server without streams."""
+        if self._use_stream:
+            stream = self._stream
+            if stream is None or not stream.usable():
+                stream = self._stream = StatementStream(self._stub)
+            try:
+                return stream.execute(request, self.timeout_s)
+            except grpc.RpcError as e:
+                if not _wire.streams_unsupported(e):
+                    raise
+                self._use_stream = False
+        return self._stub.ExecuteOne(request, timeout=self.timeout_s)
+
     def _before_request(self, cursor: "Cursor | None") -> None:
         """One result streams at a time: finish the one in flight before sending more."""
         active = self._active
@@ -172,7 +196,7 @@ class Connection:
         what = sql.split()[0].upper()
 
         def send(sid: str) -> None:
-            resp = self._stub.ExecuteOne(sql_pb2.ExecuteRequest(session_id=sid, sql=sql), timeout=self.timeout_s)
+            resp = self._execute_one_request(sql_pb2.ExecuteRequest(session_id=sid, sql=sql))
             self._in_tx = resp.in_transaction
 
         self._request(send, outcome_unknown=outcome_unknown, what=what)
@@ -209,6 +233,9 @@ class Connection:
         self._closed = True
         if self._active is not None:
             self._active._cancel()
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
         try:
             if self.session_id:
                 self._stub.CloseSession(sql_pb2.CloseSessionRequest(session_id=self.session_id),
@@ -360,7 +387,7 @@ class Cursor(_CursorBase):
             req = sql_pb2.ExecuteRequest(session_id=sid, sql=sql, params=positional, named_params=named)
             if conn._execute_one and _wire.one_message(sql):
                 try:
-                    resp = conn._stub.ExecuteOne(req, timeout=conn.timeout_s)
+                    resp = conn._execute_one_request(req)
                 except grpc.RpcError as e:
                     _wire.after_execute_one_failed(conn, e)
                 else:

@@ -314,6 +314,60 @@ def test_error_inside_a_transaction_keeps_it(conn, table):
     assert count(conn, table) == 2
 
 
+def test_statements_share_one_stream_that_outlives_errors(conn, table):
+    """Single-message statements travel on one Statements stream per connection; a
+    statement error comes back inside it and leaves it open."""
+    conn.execute(f"INSERT INTO {table} (name) VALUES ('a')")
+    stream = conn._stream
+    assert stream is not None and stream.usable()
+    with pytest.raises(borealdb.IntegrityError) as e:
+        conn.execute(f"INSERT INTO {table} (name) VALUES ('a')")
+    assert e.value.code == "CONSTRAINT_VIOLATION" and e.value.sqlite_code is not None
+    with pytest.raises(borealdb.OperationalError):
+        conn.execute("SELEC 1")
+    conn.begin()
+    conn.execute(f"INSERT INTO {table} (name) VALUES ('b')")
+    conn.commit()
+    assert count(conn, table) == 2
+    assert conn._stream is stream and stream.usable()
+
+
+def test_a_writer_that_stops_answering_times_out_and_the_connection_recovers(sql_cluster, url, table):
+    """The stream has no per-message deadline: the client's watchdog cancels it after
+    timeout_s, and the statement fails as a unary call past its deadline would."""
+    c = borealdb.connect(url, timeout_s=1.0)
+    try:
+        assert count(c, table) == 0
+        sql_cluster.writer.pause()
+        try:
+            with pytest.raises(borealdb.Unavailable):
+                c.execute(f"SELECT count(*) FROM {table}")
+            with pytest.raises(borealdb.OutcomeUnknown):
+                c.execute(f"INSERT INTO {table} (name) VALUES ('maybe')")
+        finally:
+            sql_cluster.writer.resume()
+        c.timeout_s = 30.0
+        assert count(c, table) in (0, 1)  # the unknown outcome: either, never an error
+    finally:
+        c.close()
+
+    async def main():
+        a = await borealdb.aio.connect(url, timeout_s=1.0)
+        try:
+            sql_cluster.writer.pause()
+            try:
+                with pytest.raises(borealdb.Unavailable):
+                    await a.execute(f"SELECT count(*) FROM {table}")
+            finally:
+                sql_cluster.writer.resume()
+            a.timeout_s = 30.0
+            assert (await (await a.execute("SELECT 1")).fetchone()) == (1,)
+        finally:
+            await a.close()
+
+    asyncio.run(main())
+
+
 # ---- asyncio ------------------------------------------------------------------------
 
 
