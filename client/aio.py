@@ -111,8 +111,9 @@ class AsyncConnection:
             # statement would take for its own.
             self._stream = None
             try:
-                await call.write(request)
-                resp = await asyncio.wait_for(call.read(), self.timeout_s)
+                async with asyncio.timeout(self.timeout_s):  # no task per statement, as wait_for makes
+                    await call.write(request)
+                    resp = await call.read()
             except asyncio.TimeoutError:
                 call.cancel()
                 raise _wire.StatementTimedOut(self.timeout_s or 0.0) from None
