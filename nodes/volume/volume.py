@@ -87,13 +87,16 @@ class VolumeConfig:
     pipeline_min_records: int = 256
     # Group commit delay (per node, like PostgreSQL's commit_delay and commit_siblings):
     # while many commits overlap (the last batch to the node, or its queue, holds at least
-    # group_commit_siblings groups), a sender waits until group_commit_delay_s after its
-    # previous send before the next one, so the batch gathers more commits. Few clients
-    # never wait. Per Append both sides pay a fixed CPU cost (`boreal bench rpc`), so fuller
-    # batches leave more CPU to commit with. 0 disables. Applies on transports with a timer
-    # (gRPC), not the in-process one.
-    group_commit_delay_s: float = 0.010
+    # group_commit_siblings groups), a sender waits after its previous send before the
+    # next one, so the batch gathers more commits: group_commit_delay_per_group_s per
+    # group of the last batch (the more commits overlap, the more a wait gathers and the
+    # more CPU it saves), at most group_commit_delay_s (0 disables; per group 0: always
+    # the maximum). Few clients never wait. Per Append both sides pay a fixed CPU cost
+    # (`boreal bench rpc`), so fuller batches leave more CPU to commit with. Applies on
+    # transports with a timer (gRPC), not the in-process one.
+    group_commit_delay_s: float = 0.020
     group_commit_siblings: int = 3
+    group_commit_delay_per_group_s: float = 0.0015
     max_pending_bytes: int = 64 * 1024 * 1024  # bytes of records not yet complete (back-pressure)
     max_node_backlog_bytes: int = 256 * 1024 * 1024  # beyond this, a dead node's complete records are left to gossip
     rpc_timeout_s: float = 2.0
@@ -136,6 +139,9 @@ class VolumeConfig:
             raise InvalidRequest("max_inflight_rpcs_per_node and max_records_per_rpc must be >= 1")
         if not 0 <= self.group_commit_delay_s <= 1:
             raise InvalidRequest(f"group_commit_delay_s {self.group_commit_delay_s} must be in [0, 1]")
+        if not 0 <= self.group_commit_delay_per_group_s <= 1:
+            raise InvalidRequest(f"group_commit_delay_per_group_s {self.group_commit_delay_per_group_s} "
+                                 "must be in [0, 1]")
         if self.group_commit_siblings < 1:
             raise InvalidRequest(f"group_commit_siblings {self.group_commit_siblings} must be >= 1")
 
@@ -293,18 +299,21 @@ class _Sender:
         if (cfg.group_commit_delay_s <= 0 or not self.has_timer or self.inflight or self.down or not self.queue
                 or len(self.queue) >= cfg.pipeline_min_records):
             return 0.0
-        wait = self.last_send + cfg.group_commit_delay_s - now
-        if wait < 0.0002:  # not worth a timer
+        if now - self.last_send >= cfg.group_commit_delay_s:
             return 0.0
         siblings = cfg.group_commit_siblings
-        if self.last_batch_groups >= siblings:
-            return wait
-        groups = 0
-        for r in self.queue:  # short: fewer than pipeline_min_records
-            groups += r.consistency_point
-            if groups >= siblings:
-                return wait
-        return 0.0  # few commits overlap: not worth delaying them
+        groups = self.last_batch_groups
+        if groups < siblings:
+            groups = 0
+            for r in self.queue:  # short: fewer than pipeline_min_records
+                groups += r.consistency_point
+            if groups < siblings:
+                return 0.0  # few commits overlap: not worth delaying them
+        delay_s = cfg.group_commit_delay_s
+        if cfg.group_commit_delay_per_group_s > 0:
+            delay_s = min(delay_s, cfg.group_commit_delay_per_group_s * groups)
+        wait = self.last_send + delay_s - now
+        return wait if wait >= 0.0002 else 0.0  # a shorter wait is not worth a timer
 
     def _arm_delay(self, delay_s: float) -> None:
         try:

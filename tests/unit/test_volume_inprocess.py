@@ -428,7 +428,8 @@ def _timer_volume(nodes, **kw) -> tuple[Volume, TimerTransport]:
 
 
 def test_group_commit_delay_never_delays_a_lone_client(nodes):
-    vol, transport = _timer_volume(nodes, group_commit_delay_s=1.0, group_commit_siblings=3)
+    vol, transport = _timer_volume(nodes, group_commit_delay_s=1.0, group_commit_siblings=3,
+                                   group_commit_delay_per_group_s=0)
     try:
         rng, model = random.Random(3), {}
         for i in range(10):  # one commit at a time, each waited for: nothing overlaps
@@ -441,7 +442,8 @@ def test_group_commit_delay_never_delays_a_lone_client(nodes):
 
 
 def test_group_commit_delay_holds_overlapping_commits_for_one_batch(nodes):
-    vol, transport = _timer_volume(nodes, group_commit_delay_s=1.0, group_commit_siblings=3)
+    vol, transport = _timer_volume(nodes, group_commit_delay_s=1.0, group_commit_siblings=3,
+                                   group_commit_delay_per_group_s=0)
     # Without the ticker (which would send once the second is over), only the timer sends
     # the held batch: the test does not race the clock.
     vol._tick_stop.set()
@@ -469,8 +471,33 @@ def test_group_commit_delay_holds_overlapping_commits_for_one_batch(nodes):
         transport.close()
 
 
+def test_group_commit_delay_grows_with_the_overlap_up_to_its_cap(nodes):
+    vol, transport = _timer_volume(nodes, group_commit_delay_s=0.020, group_commit_delay_per_group_s=0.0015,
+                                   group_commit_siblings=3)
+    try:
+        sender = next(iter(vol._senders.values()))
+        with sender.lock:  # the ticker's pumps wait meanwhile; the state is put back below
+            saved = sender.queue, sender.last_send, sender.last_batch_groups, sender.inflight
+            try:
+                sender.queue = type(saved[0])([pb.RedoRecord(lsn=10**9, consistency_point=True)])
+                sender.inflight, sender.last_send = 0, 1000.0
+                for groups, wait_s in ((2, 0.0), (3, 0.0045), (8, 0.012), (13, 0.0195), (14, 0.020), (40, 0.020)):
+                    sender.last_batch_groups = groups
+                    assert sender._group_commit_wait(1000.0) == pytest.approx(wait_s), groups
+                sender.last_batch_groups = 8
+                assert sender._group_commit_wait(1000.005) == pytest.approx(0.007)  # counted from the last send
+                assert sender._group_commit_wait(1000.012) == 0.0
+            finally:
+                sender.queue, sender.last_send, sender.last_batch_groups, sender.inflight = saved
+    finally:
+        vol.close()
+        transport.close()
+
+
 def test_group_commit_delay_bad_config():
     with pytest.raises(InvalidRequest, match="group_commit_delay_s"):
         VolumeConfig(volume_id="v", nodes=[], group_commit_delay_s=-1).validate()
     with pytest.raises(InvalidRequest, match="group_commit_siblings"):
         VolumeConfig(volume_id="v", nodes=[], group_commit_siblings=0).validate()
+    with pytest.raises(InvalidRequest, match="group_commit_delay_per_group_s"):
+        VolumeConfig(volume_id="v", nodes=[], group_commit_delay_per_group_s=-0.001).validate()
