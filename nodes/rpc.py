@@ -33,14 +33,21 @@ class AioServer:
     """Handle of a grpc.aio server running on an event-loop thread, with the calls of a
     synchronous grpc.Server: stop(grace).wait(), wait_for_termination()."""
 
-    def __init__(self, server: Any, loop: asyncio.AbstractEventLoop, pools: list[futures.ThreadPoolExecutor]):
+    def __init__(self, server: Any, loop: asyncio.AbstractEventLoop, pools: list[futures.ThreadPoolExecutor],
+                 before_stop: Any = None):
         self._server, self._loop, self._pools = server, loop, pools
+        self._before_stop = before_stop  # called on the loop just before the server stops
         self._stopped = threading.Event()
+
+    async def _stop(self, grace: float | None) -> None:
+        if self._before_stop is not None:
+            self._before_stop()
+        await self._server.stop(grace)
 
     def stop(self, grace: float | None) -> threading.Event:
         if not self._stopped.is_set():
             try:
-                asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop).result(timeout=(grace or 0) + 10)
+                asyncio.run_coroutine_threadsafe(self._stop(grace), self._loop).result(timeout=(grace or 0) + 10)
             except Exception:  # noqa: BLE001 - stopping is best effort
                 pass
             for pool in self._pools:

@@ -104,12 +104,14 @@ class InstanceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Statements(self, request_iterator, context):
-        """ExecuteOne's requests over one long-lived stream (a client keeps one per session):
+        """ExecuteOne's requests over one long-lived stream (a client keeps one per connection):
         each request is answered by one StatementResponse, in order, with statement errors
         in the message (STREAM_REQUIRED included) so that the stream stays open. The server
         spends about 40% of a unary call's CPU per message. Requests are handled one at a
         time; a transport failure ends the stream, and the statement in flight has the
-        outcome it would have had if a unary call had failed.
+        outcome it would have had if a unary call had failed. Streams do not count against
+        the server's RPC limit; statements in flight over all streams do (UNAVAILABLE past
+        it). At shutdown a stream ends after its running statement.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

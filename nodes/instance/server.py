@@ -237,6 +237,9 @@ class InstanceService(pbg.InstanceServicer):
         # every snapshot between batches and requests waiting for one in every read
         # thread would wait for each other forever.
         self._snapshot_slots = asyncio.Semaphore(engine.options.snapshot_pool_size)
+        self._idle_streams: set[asyncio.Task] = set()  # Statements handlers waiting for a request
+        self._streams_closing = False
+        self._stream_statements = 0  # statements running on Statements streams
         engine.on_write_lock_released = self._write_lock_released
 
     # ---- plumbing ---------------------------------------------------------------------------
@@ -396,11 +399,30 @@ class InstanceService(pbg.InstanceServicer):
 
     async def Statements(self, request_iterator, context):
         """ExecuteOne for each request of the stream, one at a time, answered in order;
-        statement errors travel in the answer so that the stream stays open."""
-        async for request in request_iterator:
+        statement errors travel in the answer so that the stream stays open.
+
+        A stream lives as long as its client connection, so streams are not what
+        max_concurrent_rpcs limits (the server admits max_sessions more RPCs for them):
+        statements in flight over all streams are, and one past that limit is answered
+        UNAVAILABLE. At shutdown a stream ends after its running statement, and an idle
+        one at once (close_streams)."""
+        task = asyncio.current_task()
+        requests = request_iterator.__aiter__()
+        while not self._streams_closing:
+            self._idle_streams.add(task)
+            try:
+                request = await requests.__anext__()
+            except StopAsyncIteration:
+                return
+            finally:
+                self._idle_streams.discard(task)
             t0 = time.perf_counter()
             msg = None
+            self._stream_statements += 1
             try:
+                if self._stream_statements > self.engine.options.max_concurrent_rpcs:
+                    raise SqlError("UNAVAILABLE", f"overloaded: more than {self.engine.options.max_concurrent_rpcs} "
+                                   "statements in flight; retry later")
                 params = _params(request.params, request.named_params)
                 async for msg in self._execute(request.session_id, request.sql, params, request.batch_rows, one=True):
                     pass
@@ -410,9 +432,18 @@ class InstanceService(pbg.InstanceServicer):
                     code=err.code, message=err.message, in_transaction=err.in_transaction,
                     sqlite_code=err.sqlite_code))
                 continue
+            finally:
+                self._stream_statements -= 1
             _OK.inc()
             M_LATENCY.observe(time.perf_counter() - t0)
             yield pb.StatementResponse(result=msg)
+
+    def close_streams(self) -> None:
+        """On the loop, before the server stops: Statements streams take no new statement,
+        and idle ones end now (the server's grace period would otherwise wait for them)."""
+        self._streams_closing = True
+        for task in list(self._idle_streams):
+            task.cancel()
 
     async def _execute(self, sid: str, sql: str, params, batch_rows: int, *, one: bool = False):
         """Yield the response messages of one statement (one=True: exactly one message)."""
@@ -601,6 +632,9 @@ class InstanceService(pbg.InstanceServicer):
         self.read_pool.shutdown(wait=False, cancel_futures=True)
 
 
+_KEEPALIVE_OPTIONS = [("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000)]
+
+
 def _start_server(loop: asyncio.AbstractEventLoop, listen: str, service: InstanceService, options: InstanceOptions,
                   publisher: RedoPublisher | None = None) -> tuple[AioServer, int]:
     """Start the aio server on `loop` (the volume transport's). Raises OSError if `listen` is taken."""
@@ -609,8 +643,11 @@ def _start_server(loop: asyncio.AbstractEventLoop, listen: str, service: Instanc
                                               thread_name_prefix="redo-stream")
 
     async def _start():
-        server = grpc.aio.server(migration_thread_pool=streams_pool, options=SERVER_OPTIONS,
-                                 maximum_concurrent_rpcs=options.max_concurrent_rpcs)
+        # Each client connection holds a Statements stream for its lifetime: room for one
+        # per session beyond the RPC limit (Statements limits its statements in flight
+        # itself), and keepalive pings so that a client host gone silent frees its stream.
+        server = grpc.aio.server(migration_thread_pool=streams_pool, options=SERVER_OPTIONS + _KEEPALIVE_OPTIONS,
+                                 maximum_concurrent_rpcs=options.max_concurrent_rpcs + options.max_sessions)
         pbg.add_InstanceServicer_to_server(service, server)
         if publisher is not None:
             rpbg.add_RedoStreamServicer_to_server(publisher, server)
@@ -627,7 +664,8 @@ def _start_server(loop: asyncio.AbstractEventLoop, listen: str, service: Instanc
         streams_pool.shutdown(wait=False)
         service.close()
         raise
-    return AioServer(server, loop, [streams_pool, service.writer_thread, service.read_pool]), port
+    return AioServer(server, loop, [streams_pool, service.writer_thread, service.read_pool],
+                     before_stop=service.close_streams), port
 
 
 def start_instance(node_id: str, az: str, listen: str, storage_nodes: list, *, volume_id: str = "main",

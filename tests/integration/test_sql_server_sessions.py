@@ -19,6 +19,7 @@ pytest.importorskip("borealdb.nodes.instance.server")
 
 import borealdb  # noqa: E402
 from borealdb.protos import sql_pb2, sql_pb2_grpc  # noqa: E402
+from tests.waiting import wait_until  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -157,5 +158,42 @@ def test_an_error_that_reveals_a_row_leaves_only_once_that_row_is_durable(sql_cl
     finally:
         for node in paused:
             node.resume()
+        for c in conns:
+            c.close()
+
+
+def test_open_statement_streams_do_not_use_up_the_rpc_limit_but_statements_in_flight_do(make_cluster):
+    """Every client connection holds a Statements stream for its lifetime. With an RPC
+    limit of 1, many connections still work; a statement beyond the limit of statements
+    in flight is answered UNAVAILABLE, and the connection stays usable."""
+    cluster = make_cluster(name="rpc1", instances=True,
+                           instance_args=["--option", "max_concurrent_rpcs=1", "--option", "lock_timeout_s=5"])
+    url = cluster.writer_url()
+    conns = [borealdb.connect(url, client_name=f"c{i}") for i in range(6)]
+    try:
+        for c in conns:  # each opens its stream and keeps it
+            assert c.execute("SELECT 1").fetchone() == (1,)
+        holder, waiter, third = conns[:3]
+        holder.execute("CREATE TABLE t (x)")
+        holder.begin()
+        holder.execute("INSERT INTO t VALUES (1)")  # holds the write lock
+        with futures.ThreadPoolExecutor(1) as pool:
+            blocked = pool.submit(waiter.execute, "INSERT INTO t VALUES (2)")  # waits for the lock: in flight
+
+            def refused() -> bool:
+                try:
+                    third.execute("SELECT 1")
+                except borealdb.Unavailable as e:
+                    assert "statements in flight" in str(e)
+                    return True
+                return False
+
+            wait_until(refused, 30, "a statement beyond the limit refused while another waits for the lock")
+            # The holder's COMMIT is a statement too: it gets its turn once the waiter gives up.
+            with pytest.raises(borealdb.LockTimeout):
+                blocked.result(timeout=30)
+        holder.commit()
+        assert third.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    finally:
         for c in conns:
             c.close()
