@@ -8,12 +8,15 @@ API feeds a stream's requests from a thread of its own, and a stream has no
 per-message deadline. So each statement's timeout is kept by one process-wide
 watchdog thread (`_Watchdog`), which cancels the stream of a statement that ran past
 it; the caller then sees the failure a unary call's deadline would have given.
+Each open stream keeps one gRPC feeding thread (blocked on its queue) until the
+connection is closed or dropped.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import queue
 import threading
 import time
@@ -72,10 +75,22 @@ class _Watchdog:
                     self._cond.wait(left)
             stream = entry[2]
             if stream is not None:
-                stream._expire(entry)
+                try:
+                    stream._expire(entry)
+                except Exception:  # noqa: BLE001 - the one watchdog must outlive any one stream
+                    pass
 
 
 _WATCHDOG = _Watchdog()
+
+
+def _new_watchdog_in_child() -> None:
+    # A forked child inherits the watchdog's state but not its thread.
+    global _WATCHDOG
+    _WATCHDOG = _Watchdog()
+
+
+os.register_at_fork(after_in_child=_new_watchdog_in_child)
 
 
 class StatementStream:
@@ -120,7 +135,7 @@ class StatementStream:
                 self._pending = None
                 expired = self._expired
             if not answered:
-                self._call.cancel()
+                self._finalizer()  # cancel the call and end gRPC's feeding thread now
         # Cancelled by the watchdog just as the answer came: the answer stands, the stream does not.
         self.broken = expired
         return _wire.statement_result(resp)

@@ -139,13 +139,27 @@ def test_a_statement_past_its_timeout_is_cancelled_and_reported_as_a_deadline():
 def test_the_watchdog_leaves_answered_statements_alone():
     stub = FakeStub(_ok)
     stream = _stream.StatementStream(stub)
-    for _ in range(20):
-        stream.execute(_req(), timeout_s=0.02)
-    # Every deadline has passed by now; none of them may cancel the stream.
-    blocker = _stream.StatementStream(FakeStub(lambda request: None))
-    with pytest.raises(_wire.StatementTimedOut):
-        blocker.execute(_req(), timeout_s=0.1)  # its deadline comes after all of them
+    stale = _stream._WATCHDOG.watch(0.0, stream)  # as an entry of an answered statement
+    stream.execute(_req(), timeout_s=30)
+    stream._expire(stale)  # the watchdog reaching it late must not touch the stream
     assert stream.usable() and not stub.calls[0].cancelled.is_set()
+    stale[2] = None
+    # while another statement is pending, a stale entry still changes nothing
+    slow = FakeStub(lambda request: None)
+    pending = _stream.StatementStream(slow)
+    stale = [0.0, -1, pending]
+    done = threading.Event()
+
+    def expire_while_pending():
+        while pending._pending is None:
+            done.wait(0.001)
+        pending._expire(stale)
+        done.set()
+
+    threading.Thread(target=expire_while_pending, daemon=True).start()
+    with pytest.raises(_wire.StatementTimedOut):
+        pending.execute(_req(), timeout_s=0.5)  # only its own deadline ends it
+    assert done.is_set()
 
 
 def test_a_transport_failure_breaks_the_stream():
