@@ -404,7 +404,7 @@ class InstanceService(pbg.InstanceServicer):
         A stream lives as long as its client connection, so streams are not what
         max_concurrent_rpcs limits (the server admits max_sessions more RPCs for them):
         statements in flight over all streams are, and one past that limit is answered
-        UNAVAILABLE. At shutdown a stream ends after its running statement, and an idle
+        UNAVAILABLE, unless its session is inside a transaction. At shutdown a stream ends after its running statement, and an idle
         one at once (close_streams)."""
         task = asyncio.current_task()
         requests = request_iterator.__aiter__()
@@ -420,7 +420,8 @@ class InstanceService(pbg.InstanceServicer):
             msg = None
             self._stream_statements += 1
             try:
-                if self._stream_statements > self.engine.options.max_concurrent_rpcs:
+                if (self._stream_statements > self.engine.options.max_concurrent_rpcs
+                        and not self._in_transaction(request.session_id)):
                     raise SqlError("UNAVAILABLE", f"overloaded: more than {self.engine.options.max_concurrent_rpcs} "
                                    "statements in flight; retry later")
                 params = _params(request.params, request.named_params)
@@ -437,6 +438,15 @@ class InstanceService(pbg.InstanceServicer):
             _OK.inc()
             M_LATENCY.observe(time.perf_counter() - t0)
             yield pb.StatementResponse(result=msg)
+
+    def _in_transaction(self, session_id: str) -> bool:
+        """Whether the session has an explicit transaction open. Its statements are never
+        refused for load: it may hold the write lock that the statements filling the
+        limit wait for, and its COMMIT or ROLLBACK is what lets them go on."""
+        try:
+            return self.engine.session(session_id).in_transaction
+        except SqlError:
+            return False  # unknown or expired: _execute says so
 
     def close_streams(self) -> None:
         """On the loop, before the server stops: Statements streams take no new statement,
