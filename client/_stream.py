@@ -96,7 +96,7 @@ os.register_at_fork(after_in_child=_new_watchdog_in_child)
 class StatementStream:
     """One open Statements call. `execute(request, timeout_s)` sends one statement and
     returns its ExecuteResponse; raises StatementFailed (the stream stays usable),
-    StatementTimedOut or grpc.RpcError (the stream is then `broken`: open a new one)."""
+    StreamFailed or grpc.RpcError (the stream is then `broken`: open a new one)."""
 
     def __init__(self, stub: Any):
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
@@ -123,10 +123,10 @@ class StatementStream:
             resp = next(self._call)
             answered = True
         except StopIteration:
-            raise _wire.StreamEnded() from None
+            raise _wire.stream_ended() from None
         except grpc.RpcError:
             if self._expired:
-                raise _wire.StatementTimedOut(timeout_s or 0.0) from None
+                raise _wire.statement_timed_out(timeout_s or 0.0) from None
             raise
         finally:
             if entry is not None:

@@ -287,16 +287,17 @@ class StatementFailed(grpc.RpcError):
         return tuple(md)
 
 
-class StatementTimedOut(grpc.RpcError):
-    """No answer to a statement sent on the Statements stream within the connection's
-    timeout: the client cancelled the stream. Mapped like a unary call's DEADLINE_EXCEEDED."""
+class StreamFailed(grpc.RpcError):
+    """The Statements stream failed without a status from the server (the client gave up
+    waiting, or the stream ended unanswered): it has the interface of a failed call, with
+    the status of the unary failure it stands for, so that error_from_rpc maps it alike."""
 
-    def __init__(self, timeout_s: float):
-        super().__init__(f"no answer within {timeout_s:g}s")
-        self._details = f"Deadline Exceeded: no answer within {timeout_s:g}s"
+    def __init__(self, status: grpc.StatusCode, details: str):
+        super().__init__(details)
+        self._status, self._details = status, details
 
     def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.DEADLINE_EXCEEDED
+        return self._status
 
     def details(self) -> str:
         return self._details
@@ -305,17 +306,14 @@ class StatementTimedOut(grpc.RpcError):
         return ()
 
 
-class StreamEnded(grpc.RpcError):
-    """The server ended the Statements stream without answering (it shut down cleanly)."""
+def statement_timed_out(timeout_s: float) -> StreamFailed:
+    """No answer within the connection's timeout; the client cancelled the stream."""
+    return StreamFailed(grpc.StatusCode.DEADLINE_EXCEEDED, f"Deadline Exceeded: no answer within {timeout_s:g}s")
 
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.UNAVAILABLE
 
-    def details(self) -> str:
-        return "the server closed the statement stream"
-
-    def trailing_metadata(self) -> tuple:
-        return ()
+def stream_ended() -> StreamFailed:
+    """The server ended the stream without answering (it shut down cleanly)."""
+    return StreamFailed(grpc.StatusCode.UNAVAILABLE, "the server closed the statement stream")
 
 
 def statement_result(resp: sql_pb2.StatementResponse) -> sql_pb2.ExecuteResponse:
@@ -327,7 +325,7 @@ def statement_result(resp: sql_pb2.StatementResponse) -> sql_pb2.ExecuteResponse
 
 def streams_unsupported(err: Any) -> bool:
     """True if the server has no Statements method (it predates it): use ExecuteOne."""
-    return not isinstance(err, StatementFailed) and rpc_status_name(err) == "UNIMPLEMENTED"
+    return rpc_status_name(err) == "UNIMPLEMENTED"  # never a StatementFailed (UNKNOWN)
 
 
 # ---- the request loop's bookkeeping (shared by the sync and asyncio connections) -------

@@ -116,7 +116,7 @@ class AsyncConnection:
                     resp = await call.read()
             except asyncio.TimeoutError:
                 call.cancel()
-                raise _wire.StatementTimedOut(self.timeout_s or 0.0) from None
+                raise _wire.statement_timed_out(self.timeout_s or 0.0) from None
             except grpc.RpcError as e:
                 call.cancel()
                 if not _wire.streams_unsupported(e):
@@ -127,7 +127,7 @@ class AsyncConnection:
                 raise
             else:
                 if resp is grpc.aio.EOF:
-                    raise _wire.StreamEnded()
+                    raise _wire.stream_ended()
                 self._stream = call
                 return _wire.statement_result(resp)
         return await self._stub.ExecuteOne(request, timeout=self.timeout_s)
