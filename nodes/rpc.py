@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from concurrent import futures
 from typing import Any
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -33,9 +32,9 @@ class AioServer:
     """Handle of a grpc.aio server running on an event-loop thread, with the calls of a
     synchronous grpc.Server: stop(grace).wait(), wait_for_termination()."""
 
-    def __init__(self, server: Any, loop: asyncio.AbstractEventLoop, pools: list[futures.ThreadPoolExecutor],
+    def __init__(self, server: Any, loop: asyncio.AbstractEventLoop, pools: list[Any],
                  before_stop: Any = None):
-        self._server, self._loop, self._pools = server, loop, pools
+        self._server, self._loop, self._pools = server, loop, pools  # each has shutdown(wait, cancel_futures)
         self._before_stop = before_stop  # called on the loop just before the server stops
         self._stopped = threading.Event()
 

@@ -386,15 +386,20 @@ class InstanceService(pbg.InstanceServicer):
 
     async def ExecuteOne(self, request, context):
         t0 = time.perf_counter()
-        msg = None
         try:
-            params = _params(request.params, request.named_params)
-            async for msg in self._execute(request.session_id, request.sql, params, request.batch_rows, one=True):
-                pass
+            msg = await self._execute_one(request)
         except SqlError as err:
             await self._abort(context, err)
         _OK.inc()
         M_LATENCY.observe(time.perf_counter() - t0)
+        return msg
+
+    async def _execute_one(self, request) -> pb.ExecuteResponse:
+        """A statement's whole result in one message (ExecuteOne, Statements); raises SqlError."""
+        params = _params(request.params, request.named_params)
+        msg = None
+        async for msg in self._execute(request.session_id, request.sql, params, request.batch_rows, one=True):
+            pass
         return msg
 
     async def Statements(self, request_iterator, context):
@@ -404,8 +409,8 @@ class InstanceService(pbg.InstanceServicer):
         A stream lives as long as its client connection, so streams are not what
         max_concurrent_rpcs limits (the server admits max_sessions more RPCs for them):
         statements in flight over all streams are, and one past that limit is answered
-        UNAVAILABLE, unless its session is inside a transaction. At shutdown a stream ends after its running statement, and an idle
-        one at once (close_streams)."""
+        UNAVAILABLE, unless its session is inside a transaction. At shutdown a stream
+        ends after its running statement, and an idle one at once (close_streams)."""
         task = asyncio.current_task()
         requests = request_iterator.__aiter__()
         while not self._streams_closing:
@@ -417,16 +422,13 @@ class InstanceService(pbg.InstanceServicer):
             finally:
                 self._idle_streams.discard(task)
             t0 = time.perf_counter()
-            msg = None
             self._stream_statements += 1
             try:
                 if (self._stream_statements > self.engine.options.max_concurrent_rpcs
                         and not self._in_transaction(request.session_id)):
                     raise SqlError("UNAVAILABLE", f"overloaded: more than {self.engine.options.max_concurrent_rpcs} "
                                    "statements in flight; retry later")
-                params = _params(request.params, request.named_params)
-                async for msg in self._execute(request.session_id, request.sql, params, request.batch_rows, one=True):
-                    pass
+                msg = await self._execute_one(request)
             except SqlError as err:
                 M_STATEMENTS.labels(err.code).inc()
                 yield pb.StatementResponse(error=pb.StatementError(

@@ -89,9 +89,9 @@ class VolumeConfig:
     # while many commits overlap (the last batch to the node, or its queue, holds at least
     # group_commit_siblings groups), a sender waits after its previous send before the
     # next one, so the batch gathers more commits: group_commit_delay_per_group_s per
-    # group of the last batch, or of the queue if only it holds enough (the more commits overlap, the more a wait gathers and the
-    # more CPU it saves), at most group_commit_delay_s (0 disables; per group 0: always
-    # the maximum). Few clients never wait. Per Append both sides pay a fixed CPU cost
+    # group of the last batch, or of the queue if only it holds enough (the more commits
+    # overlap, the more a wait gathers and the more CPU it saves), at most
+    # group_commit_delay_s (0 disables; per group 0: always the maximum). Few clients never wait. Per Append both sides pay a fixed CPU cost
     # (`boreal bench rpc`), so fuller batches leave more CPU to commit with. Applies on
     # transports with a timer (gRPC), not the in-process one.
     group_commit_delay_s: float = 0.020
