@@ -280,6 +280,11 @@ class _WriterFile(_BaseFile):
         self.pending: dict[int, bytes] = {}
         vdl = db.volume.vdl
         self.size_pages = _Header.page_count(self._page_at(0, vdl))
+        # Pages at or past this many did not exist at the last commit: xSync sends them as
+        # full images without asking storage for a base (a blocking read per new page,
+        # which stalled every write behind it). A page truncated away and grown again may
+        # still have an old version on storage; a full image does not depend on it.
+        self.committed_pages = self.size_pages
         self.last_commit_lsn = 0
         self.commit_error: BaseException | None = None
 
@@ -339,6 +344,8 @@ class _WriterFile(_BaseFile):
             newest = self.db.cache.newest(page)
             if newest is not None and newest.valid_to == _INF:
                 old, old_lsn = newest.data, newest.lsn
+            elif page >= self.committed_pages:
+                old, old_lsn = b"", None
             else:
                 old, old_lsn = self._page_at(page, self.db.volume.vdl), None
             if old == new:
@@ -368,6 +375,7 @@ class _WriterFile(_BaseFile):
             self.db.cache.put_written(page, lsn, data, vdl)
         assert lsn > self.last_commit_lsn, "commit LSNs only grow"
         self.last_commit_lsn = lsn
+        self.committed_pages = self.size_pages
         self.db.publishing = False
         publisher = self.db.publisher
         if publisher is not None:  # read replicas: ship the group's redo (cheap when none subscribe)
