@@ -72,6 +72,28 @@ def test_connect_close(url):
             call()
 
 
+def test_connections_to_one_server_share_a_channel_until_the_last_goes(url, table, conn):
+    from borealdb import dbapi
+
+    target = conn.address.target
+    users = dbapi._CHANNELS.users(target)
+    a, b = borealdb.connect(url), borealdb.connect(url)
+    assert a._channel is b._channel is conn._channel and dbapi._CHANNELS.users(target) == users + 2
+    assert a.session_id != b.session_id, "each connection is its own session"
+    a.execute("BEGIN")
+    a.execute(f"INSERT INTO {table}(name) VALUES ('a')")
+    assert count(b, table) == 0, "sessions stay isolated on a shared channel"
+    a.close()
+    assert count(b, table) == 0, "closing one connection rolled back its transaction, nothing else"
+    b.execute(f"INSERT INTO {table}(name) VALUES ('b')")
+    del b  # dropped without close(): collected, it gives its share back
+    import gc
+
+    gc.collect()
+    assert dbapi._CHANNELS.users(target) == users
+    assert count(conn, table) == 1
+
+
 def test_connect_from_environment(url, monkeypatch):
     monkeypatch.setenv("BOREAL_URL", url)
     with borealdb.connect() as c:
