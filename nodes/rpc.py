@@ -8,23 +8,6 @@ from typing import Any
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
-# gRPC core's EventEngine I/O (the default of grpcio 1.85 for client channels and
-# listeners) hands every message between its own threads before Python sees it; the
-# older poller reads it on the thread that polls. Measured with `boreal bench rpc`
-# here: a message on a stream cost 0.17-0.19 ms of CPU on each side instead of
-# 0.19-0.29 ms, and one stream carried 3,600-4,300 messages/s instead of 2,200-2,400.
-# gRPC reads this setting when it is imported, so the launchers put it in the
-# environment of every node process they start (node_environment); an environment that
-# already sets GRPC_EXPERIMENTS (even to "") keeps its own.
-NODE_GRPC_EXPERIMENTS = "-event_engine_client,-event_engine_listener"
-
-
-def node_environment(env: dict[str, str]) -> dict[str, str]:
-    """`env` for a node process: with NODE_GRPC_EXPERIMENTS unless GRPC_EXPERIMENTS is set."""
-    env.setdefault("GRPC_EXPERIMENTS", NODE_GRPC_EXPERIMENTS)
-    return env
-
-
 SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

@@ -221,10 +221,3 @@ def test_bench_rpc_bad_arguments(capsys, args, message):
     with pytest.raises(SystemExit) as e:  # argparse's usage error, before any process starts
         cli.main(["bench", "rpc", *args])
     assert e.value.code == 2 and message in capsys.readouterr().err
-
-
-def test_node_processes_get_the_grpc_poller_unless_their_environment_chose_one():
-    from borealdb.nodes.rpc import NODE_GRPC_EXPERIMENTS, node_environment
-
-    assert node_environment({"A": "1"}) == {"A": "1", "GRPC_EXPERIMENTS": NODE_GRPC_EXPERIMENTS}
-    assert node_environment({"GRPC_EXPERIMENTS": ""}) == {"GRPC_EXPERIMENTS": ""}
