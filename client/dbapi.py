@@ -34,7 +34,8 @@ the server less than a call per statement; a transport failure ends the stream
 (the statement in flight fails as its own call would have) and the next statement
 opens a new one. Against a server without that stream, each is a unary call.
 The connections of one process to the same server share one gRPC channel (one
-HTTP/2 connection); each keeps its own session and stream.
+HTTP/2 connection); each keeps its own session and stream, and a transport failure
+fails the statements in flight on all of them.
 
 Errors follow PEP 249 and sqlite3 (see borealdb.errors); when the connection is
 lost while a COMMIT (or a write in autocommit mode) is in flight, the outcome is
@@ -79,42 +80,87 @@ class _SharedChannels:
     connection, 32 connections in one process kept 32 such threads waking one another
     for the interpreter lock. Sharing it measured +5-12% commits/s at 32 connections
     (3 interleaved pairs, `boreal bench`). Each connection keeps its own session and
-    Statements stream; the last connection to release a channel closes it.
+    Statements stream; the last connection to release a channel closes it. The price:
+    a transport failure (the server going away) fails the statements in flight of all
+    the process's connections to that server at once, as it would have anyway.
+
+    A connection dropped without close() releases its share from a finalizer, which
+    may run inside acquire() (the garbage collector runs anywhere) or on any thread:
+    it only queues the release, and acquire()/release() settle the queue under the lock.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._channels: dict[str, list] = {}  # target -> [channel, users]
+        self._dropped: deque = deque()         # (target, channel) released by finalizers
         self._pid = os.getpid()
 
     def acquire(self, target: str) -> grpc.Channel:
         with self._lock:
-            if self._pid != os.getpid():  # a forked child cannot use its parent's channels
-                self._channels, self._pid = {}, os.getpid()
+            to_close = self._settle_dropped()
             entry = self._channels.get(target)
             if entry is None:
                 entry = self._channels[target] = [grpc.insecure_channel(target, options=_SYNC_CHANNEL_OPTIONS), 0]
             entry[1] += 1
-            return entry[0]
+            channel = entry[0]
+        for ch in to_close:
+            ch.close()
+        return channel
 
     def release(self, target: str, channel: grpc.Channel) -> None:
+        if os.getpid() != self._pid:
+            return  # a connection inherited across fork(): the channel is the parent's
         with self._lock:
-            entry = self._channels.get(target)
-            if entry is None or entry[0] is not channel:
-                return  # not ours (a connection inherited across fork())
-            entry[1] -= 1
-            if entry[1] > 0:
-                return
-            del self._channels[target]
-        channel.close()
+            to_close = self._settle_dropped()
+            if self._release_locked(target, channel):
+                to_close.append(channel)
+        for ch in to_close:
+            ch.close()
+
+    def release_later(self, target: str, channel: grpc.Channel) -> None:
+        """From a finalizer: queue the release (takes no lock, closes nothing)."""
+        self._dropped.append((target, channel))
+
+    def _settle_dropped(self) -> list:
+        to_close = []
+        while self._dropped:
+            target, channel = self._dropped.popleft()
+            if self._release_locked(target, channel):
+                to_close.append(channel)
+        return to_close
+
+    def _release_locked(self, target: str, channel: grpc.Channel) -> bool:
+        """True if that was the last user: the caller closes the channel (outside the lock)."""
+        entry = self._channels.get(target)
+        if entry is None or entry[0] is not channel:
+            return False  # not ours
+        entry[1] -= 1
+        if entry[1] > 0:
+            return False
+        del self._channels[target]
+        return True
 
     def users(self, target: str) -> int:
         with self._lock:
+            to_close = self._settle_dropped()
             entry = self._channels.get(target)
-            return entry[1] if entry is not None and self._pid == os.getpid() else 0
+            users = entry[1] if entry is not None else 0
+        for ch in to_close:
+            ch.close()
+        return users
 
 
 _CHANNELS = _SharedChannels()
+
+
+def _new_channels_in_child() -> None:
+    # A forked child cannot use its parent's channels, and the pool's lock may have
+    # been held by another thread of the parent at the fork.
+    global _CHANNELS
+    _CHANNELS = _SharedChannels()
+
+
+os.register_at_fork(after_in_child=_new_channels_in_child)
 
 
 def connect(
@@ -164,9 +210,11 @@ class Connection:
         self._execute_one = True  # the server has ExecuteOne (single-message results)
         self._use_stream = True  # ... and the Statements stream that carries them
         self._stream: StatementStream | None = None
-        self._channel = _CHANNELS.acquire(address.target)
-        # Released by close(), or when a connection dropped without close() is collected.
-        self._release_channel = weakref.finalize(self, _CHANNELS.release, address.target, self._channel)
+        channels = _CHANNELS
+        self._channel = channels.acquire(address.target)
+        self._channels = channels
+        # A connection dropped without close() gives its share back when collected.
+        self._dropped_channel = weakref.finalize(self, channels.release_later, address.target, self._channel)
         self._stub = sql_pb2_grpc.InstanceStub(self._channel)
         try:
             self._open_session()
@@ -174,6 +222,10 @@ class Connection:
             self._release_channel()
             self._closed = True
             raise
+
+    def _release_channel(self) -> None:
+        if self._dropped_channel.detach() is not None:  # once, whoever comes first
+            self._channels.release(self.address.target, self._channel)
 
     # -- state
     @property

@@ -115,33 +115,48 @@ def test_database_survives_a_writer_restart_with_recovery(storage):
 
 
 def test_new_pages_commit_without_reading_storage_and_a_regrown_file_stays_correct(storage, monkeypatch):
+    def recording_reads(vol) -> list[int]:
+        reads: list[int] = []
+        real_read_page = vol.read_page
+        monkeypatch.setattr(vol, "read_page", lambda page, lsn: (reads.append(page), real_read_page(page, lsn))[1])
+        return reads
+
     vol = storage.volume()
     db = VolumeDatabase(vol)
     w = db.open_writer()
     w.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
-    reads: list[int] = []
-    real_read_page = vol.read_page
-    monkeypatch.setattr(vol, "read_page", lambda page, lsn: (reads.append(page), real_read_page(page, lsn))[1])
+    reads = recording_reads(vol)
     pages_before = w.execute("PRAGMA page_count").fetchone()[0]
     for _ in range(200):
         w.execute("INSERT INTO t(v) VALUES (randomblob(200))")
-    assert w.execute("PRAGMA page_count").fetchone()[0] > pages_before + 5
+    grown = w.execute("PRAGMA page_count").fetchone()[0]
+    assert grown > pages_before + 5
     assert reads == [], "a page the file did not have at the last commit has no base on storage to read"
-    # Shrink the file, then grow it over the pages it lost: those still have old versions
-    # on storage, so deltas against "nothing" would corrupt them; full images do not.
     w.execute("DELETE FROM t")
     w.execute("VACUUM")
-    assert w.execute("PRAGMA page_count").fetchone()[0] <= pages_before
-    for _ in range(150):
-        w.execute("INSERT INTO t(v) VALUES (zeroblob(200))")
+    shrunk = w.execute("PRAGMA page_count").fetchone()[0]
+    assert shrunk < grown
     vol.wait_durable(db.last_commit_lsn, timeout_s=10)
     db.close()
     vol.close()
-    db2 = VolumeDatabase(storage.volume())  # every page now comes from storage
+    # A new writer (nothing cached) grows the file again over the pages it lost. Those
+    # still have old versions on storage; they go as full images, never read or diffed.
+    vol2 = storage.volume()
+    db2 = VolumeDatabase(vol2)
     w2 = db2.open_writer()
-    assert w2.execute("SELECT count(*), sum(length(v)), max(v) FROM t").fetchone() == (150, 150 * 200, bytes(200))
-    assert w2.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    reads2 = recording_reads(vol2)
+    for _ in range(150):
+        w2.execute("INSERT INTO t(v) VALUES (zeroblob(200))")
+    assert w2.execute("PRAGMA page_count").fetchone()[0] > shrunk + 5
+    assert [p for p in reads2 if p >= shrunk] == []
+    vol2.wait_durable(db2.last_commit_lsn, timeout_s=10)
     db2.close()
+    vol2.close()
+    db3 = VolumeDatabase(storage.volume())  # every page now comes from storage
+    w3 = db3.open_writer()
+    assert w3.execute("SELECT count(*), sum(length(v)), max(v) FROM t").fetchone() == (150, 150 * 200, bytes(200))
+    assert w3.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db3.close()
 
 
 # ---- SQL engine ---------------------------------------------------------------------------
