@@ -44,6 +44,7 @@ unknown and OutcomeUnknown is raised.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
@@ -95,39 +96,41 @@ class _SharedChannels:
         self._dropped: deque = deque()         # (target, channel) released by finalizers
         self._pid = os.getpid()
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[list]:
+        """Hold the lock, with the releases finalizers queued settled. Yields the list of
+        channels left without users (the caller may add one); they are closed after the
+        lock is released."""
+        to_close: list = []
+        try:
+            with self._lock:
+                while self._dropped:
+                    target, channel = self._dropped.popleft()
+                    if self._release_locked(target, channel):
+                        to_close.append(channel)
+                yield to_close
+        finally:
+            for channel in to_close:
+                channel.close()
+
     def acquire(self, target: str) -> grpc.Channel:
-        with self._lock:
-            to_close = self._settle_dropped()
+        with self._locked():
             entry = self._channels.get(target)
             if entry is None:
                 entry = self._channels[target] = [grpc.insecure_channel(target, options=_SYNC_CHANNEL_OPTIONS), 0]
             entry[1] += 1
-            channel = entry[0]
-        for ch in to_close:
-            ch.close()
-        return channel
+            return entry[0]
 
     def release(self, target: str, channel: grpc.Channel) -> None:
         if os.getpid() != self._pid:
             return  # a connection inherited across fork(): the channel is the parent's
-        with self._lock:
-            to_close = self._settle_dropped()
+        with self._locked() as to_close:
             if self._release_locked(target, channel):
                 to_close.append(channel)
-        for ch in to_close:
-            ch.close()
 
     def release_later(self, target: str, channel: grpc.Channel) -> None:
         """From a finalizer: queue the release (takes no lock, closes nothing)."""
         self._dropped.append((target, channel))
-
-    def _settle_dropped(self) -> list:
-        to_close = []
-        while self._dropped:
-            target, channel = self._dropped.popleft()
-            if self._release_locked(target, channel):
-                to_close.append(channel)
-        return to_close
 
     def _release_locked(self, target: str, channel: grpc.Channel) -> bool:
         """True if that was the last user: the caller closes the channel (outside the lock)."""
@@ -141,13 +144,9 @@ class _SharedChannels:
         return True
 
     def users(self, target: str) -> int:
-        with self._lock:
-            to_close = self._settle_dropped()
+        with self._locked():
             entry = self._channels.get(target)
-            users = entry[1] if entry is not None else 0
-        for ch in to_close:
-            ch.close()
-        return users
+            return entry[1] if entry is not None else 0
 
 
 _CHANNELS = _SharedChannels()
