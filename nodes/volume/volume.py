@@ -91,12 +91,13 @@ class VolumeConfig:
     # next one, so the batch gathers more commits: group_commit_delay_per_group_s per
     # group of the last batch, or of the queue if only it holds enough (the more commits
     # overlap, the more a wait gathers and the more CPU it saves), at most
-    # group_commit_delay_s (0 disables; per group 0: always the maximum). Few clients never wait. Per Append both sides pay a fixed CPU cost
-    # (`boreal bench rpc`), so fuller batches leave more CPU to commit with. Applies on
-    # transports with a timer (gRPC), not the in-process one.
-    group_commit_delay_s: float = 0.020
+    # group_commit_delay_s (0 disables; per group 0: always the maximum). Few clients never
+    # wait. Per Append both sides pay a fixed CPU cost (`boreal bench rpc`), so fuller
+    # batches leave more CPU to commit with; a longer wait costs latency (why 0.5 ms and
+    # 10 ms: DESIGN.md). Applies on transports with a timer (gRPC), not the in-process one.
+    group_commit_delay_s: float = 0.010
     group_commit_siblings: int = 3
-    group_commit_delay_per_group_s: float = 0.0015
+    group_commit_delay_per_group_s: float = 0.0005
     max_pending_bytes: int = 64 * 1024 * 1024  # bytes of records not yet complete (back-pressure)
     max_node_backlog_bytes: int = 256 * 1024 * 1024  # beyond this, a dead node's complete records are left to gossip
     rpc_timeout_s: float = 2.0
