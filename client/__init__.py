@@ -8,6 +8,10 @@ Server-side code is under `borealdb.nodes`; nothing in this package starts serve
 or imports it.
 """
 
+from borealdb import _grpc_env
+
+_grpc_env.choose_poller()  # before anything imports grpc
+
 from borealdb.dbapi import Connection, Cursor, apilevel, connect, paramstyle, threadsafety
 from borealdb.errors import (
     BadParameters,

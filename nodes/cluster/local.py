@@ -41,6 +41,7 @@ from typing import Iterable, Sequence
 
 import grpc
 
+from borealdb.nodes.rpc import node_environment
 from borealdb.protos import sql_pb2, sql_pb2_grpc, storage_pb2, storage_pb2_grpc
 
 STATE_FILE = "cluster.json"
@@ -401,7 +402,7 @@ class Node:
             raise ClusterError(f"node {self.node_id} is already running (pid {self.pid})")
         self._reap()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ if self.env is None else self.env)
+        env = node_environment(dict(os.environ if self.env is None else self.env))
         env.pop(PARENT_PIPE_ENV, None)
         pass_fds: tuple[int, ...] = ()
         pipe_r = None

@@ -130,6 +130,7 @@ pytestmark = pytest.mark.integration
 
 from borealdb.nodes.cluster import local  # noqa: E402
 from borealdb.nodes.cluster.local import LocalCluster, NodeSpec, NodeStartError, load_cluster_state  # noqa: E402
+from borealdb._grpc_env import SETTINGS as GRPC_SETTINGS  # noqa: E402
 
 
 def fake_env(mode: str = "ok", instance_mode: str = "ok") -> dict[str, str]:
@@ -173,6 +174,10 @@ def test_default_topology_starts_and_records_state(fake_cluster):
     raw = json.loads((c.base_dir / "cluster.json").read_text())
     assert raw["nodes"][0]["log_path"].endswith("s-a1/node.log")
     assert c.node("s-c2").node_status().node_id == "s-c2"
+    environ = Path(f"/proc/{c.node('s-a1').pid}/environ").read_bytes().split(b"\0")
+    for name, default in GRPC_SETTINGS.items():
+        expected = os.environ.get(name, default)
+        assert f"{name}={expected}".encode() in environ, "nodes run with the gRPC settings of borealdb/_grpc_env.py"
 
 
 def test_writer_is_recorded_and_answers(fake_cluster):
