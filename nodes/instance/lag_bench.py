@@ -5,7 +5,8 @@ probe connection INSERTs a row on the writer and, once the INSERT is acknowledge
 polls one replica (alternating) with a point SELECT until the row is visible; lag =
 visible - acknowledged, so the final poll's round trip is included. A probe every
 20 ms while a separate process (so that its threads do not share the probe's
-interpreter lock) loads the writer with INSERTs at a paced rate, then unpaced at the
+interpreter lock) loads the writer with plain INSERTs (no RETURNING, as the anchor's
+pg_load.py) at a paced rate, then unpaced at the
 highest rate its threads reach. Then 8 connections spread over the replicas run point
 SELECTs by primary key for a fixed time.
 
@@ -93,6 +94,10 @@ class _Driver:
         cur.execute(f"INSERT INTO lag_kv(v) VALUES ({self.ph}) RETURNING id", (VALUE,))
         return cur.fetchone()[0]
 
+    def load_insert(self, conn) -> None:
+        """The load's write: no RETURNING, as the anchor's pg_load.py (only the probe needs the key)."""
+        conn.cursor().execute(f"INSERT INTO lag_kv(v) VALUES ({self.ph})", (VALUE,))
+
     def visible(self, conn, key: int) -> bool:
         cur = conn.cursor()
         cur.execute(f"SELECT 1 FROM lag_kv WHERE id = {self.ph}", (key,))
@@ -128,7 +133,7 @@ def _load(writer: tuple[str, str], placeholder: str, rate: float | None, threads
                     time.sleep(delay)
                 next_t += interval
             try:
-                d.insert(conn)
+                d.load_insert(conn)
             except Exception:  # noqa: BLE001 - counted
                 errors[0] += 1
                 continue
