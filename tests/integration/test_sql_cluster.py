@@ -188,3 +188,16 @@ def test_a_deposed_writer_is_fenced_for_reads_and_writes(sql_cluster, tmp_path):
         assert not old_writer.is_running, "a fenced writer stops serving"
     finally:
         new_writer.stop()
+
+
+@pytest.mark.parametrize("client", ["threads", "asyncio"])
+def test_bench_commits_are_real_rows_with_either_client(sql_cluster, client):
+    # `boreal bench`'s borealdb side, briefly: every commit it counts is a row in the table.
+    from borealdb.nodes.instance.bench import _prepare_boreal, bench_boreal
+
+    _prepare_boreal(sql_cluster.url)
+    result = bench_boreal(sql_cluster.url, sql_cluster.writer.metrics_address, 3, 0.5, client=client)
+    assert result.client == client and result.errors == 0 and result.commits > 0
+    assert result.redo_bytes_per_commit and result.redo_bytes_per_commit > 0
+    with borealdb.connect(sql_cluster.url) as conn:
+        assert conn.cursor().execute("SELECT count(*) FROM bench_kv").fetchone()[0] == result.commits

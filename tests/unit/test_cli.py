@@ -199,6 +199,15 @@ def test_bench_without_target_runs_the_sql_benchmark(capsys, monkeypatch):
     assert code == 0 and seen == [["--concurrency", "1", "--duration-s", "2"]]
 
 
+def test_bench_client_must_be_threads_or_asyncio(capsys):
+    from borealdb.nodes.instance.bench import parse_args
+
+    assert parse_args([]).client == "threads" and parse_args(["--client", "asyncio"]).client == "asyncio"
+    with pytest.raises(SystemExit) as e:  # argparse's usage error, before any cluster starts
+        parse_args(["--client", "greenlets"])
+    assert e.value.code == 2 and "--client" in capsys.readouterr().err
+
+
 def test_bench_rpc_measures_real_messages():
     # A real echo server process on 127.0.0.1 and real calls, briefly: every measurement
     # reports messages it actually exchanged and CPU spent on both sides.
