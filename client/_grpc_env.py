@@ -5,7 +5,7 @@ listeners) hands every message between its own threads before Python sees it; th
 older poller reads it on the thread that polls. Measured here with `boreal bench rpc`:
 a message on a stream cost 0.17-0.19 ms of CPU on each side instead of 0.19-0.29 ms,
 and one stream carried 3,600-4,300 messages/s instead of 2,200-2,400; `boreal bench`
-at 32 connections gained 10-17% from the client side alone (3 interleaved pairs).
+at 32 connections gained 1-21% (3 interleaved pairs, nodes and client together).
 
 With the older poller, a connection attempt that nobody polls for (a channel whose
 first attempt was refused, retrying while the server starts) completes only when
@@ -14,16 +14,20 @@ outage. A 50 ms backup poll makes it as quick as EventEngine (0.5-0.6 s from ref
 answered in a scratch test against a server process starting up, against 5.05 s).
 
 gRPC reads these variables once, when it is imported. So importing borealdb sets each
-one, unless the environment already sets it (GRPC_EXPERIMENTS="" gives gRPC's own
-default) or grpc was imported before borealdb (then nothing is changed). Node
+one in os.environ, unless the environment already sets it (GRPC_EXPERIMENTS="" gives
+gRPC's own default; an empty backup poll interval is not a number to gRPC, so it
+counts as unset) or grpc was imported before borealdb (then nothing is changed).
+Being in os.environ, they are inherited by the processes the program starts. Node
 launchers put them in every node process's environment
-(borealdb.nodes.rpc.node_environment).
+(borealdb.nodes.rpc.node_environment). In the repository this module is
+client/_grpc_env.py.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import MutableMapping
 
 EXPERIMENTS = "-event_engine_client,-event_engine_listener"
 BACKUP_POLL_INTERVAL_MS = 50
@@ -32,15 +36,18 @@ SETTINGS = {
     "GRPC_EXPERIMENTS": EXPERIMENTS,
     "GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS": str(BACKUP_POLL_INTERVAL_MS),
 }
+# Variables where "" is a choice (gRPC's defaults); for the others it is as good as unset.
+_EMPTY_IS_A_CHOICE = frozenset({"GRPC_EXPERIMENTS"})
 
 
-def with_settings(env: dict[str, str]) -> dict[str, str]:
-    """`env` with each of SETTINGS that it does not set already."""
+def with_settings(env: MutableMapping[str, str]) -> MutableMapping[str, str]:
+    """`env` with each of SETTINGS that it does not set already (changed in place)."""
     for name, value in SETTINGS.items():
-        env.setdefault(name, value)
+        if name not in env or (env[name] == "" and name not in _EMPTY_IS_A_CHOICE):
+            env[name] = value
     return env
 
 
 def choose_poller() -> None:
     if "grpc" not in sys.modules:
-        with_settings(os.environ)  # type: ignore[arg-type]
+        with_settings(os.environ)

@@ -10,15 +10,13 @@ from borealdb import _grpc_env
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
-# The gRPC poller of every node process (why: borealdb/_grpc_env.py). gRPC reads it
-# when it is imported, so the launchers put it in each node's environment; an
-# environment that already sets one of these variables (even to "") keeps its own.
-NODE_GRPC_EXPERIMENTS = _grpc_env.EXPERIMENTS
-
 
 def node_environment(env: dict[str, str]) -> dict[str, str]:
-    """`env` for a node process: with the gRPC settings of _grpc_env that it does not set."""
-    return _grpc_env.with_settings(env)
+    """`env` for a node process, with the gRPC poller settings of client/_grpc_env.py
+    (borealdb._grpc_env) that it does not set itself. gRPC reads them when it is
+    imported, so the launchers put them in each node's environment."""
+    _grpc_env.with_settings(env)
+    return env
 
 
 SERVER_OPTIONS = [

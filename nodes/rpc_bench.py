@@ -11,7 +11,9 @@ messages put under a commit, with no borealdb code on either side:
   the client keeping N messages of 1 KiB in flight and the server answering each one.
 
 The server runs in a separate process (spawned, so no gRPC state is inherited), on
-127.0.0.1 and an ephemeral port. Printed per level: messages/s, p50/p99 round trip, and
+127.0.0.1 and an ephemeral port. Both sides run with the gRPC poller every borealdb
+process uses (client/_grpc_env.py); `GRPC_EXPERIMENTS="" boreal bench rpc` measures
+gRPC's default instead. Printed per level: messages/s, p50/p99 round trip, and
 CPU time per message in the server process and in the client process. Figures are
 printed, never asserted.
 """

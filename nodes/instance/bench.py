@@ -19,8 +19,8 @@ the same run and prints borealdb / PostgreSQL ratios.
 synchronous drivers (borealdb.connect, psycopg.connect), as the anchor's figure of
 about 4,000 commits/s at 32 psycopg connections was measured. `--client asyncio` runs
 all clients as tasks of one event loop with the asyncio drivers (borealdb.aio,
-psycopg.AsyncConnection), for both systems alike. The client's own CPU counts: it runs
-on the same two cores as the servers.
+psycopg.AsyncConnection), for both systems alike. The client competes with the
+servers for the same two cores, but its CPU is not in the CPU columns.
 
 Figures are printed, never asserted.
 """
@@ -74,31 +74,46 @@ def _metrics(address: str | None) -> dict[str, float]:
     return out
 
 
+class _Tally:
+    """Latencies (seconds) and errors of the clients of one level; each client writes only its own slot."""
+
+    def __init__(self, clients: int):
+        self.latencies: list[list[float]] = [[] for _ in range(clients)]
+        self.errors = [0] * clients
+
+    def failed(self, i: int, exc: Exception) -> None:
+        self.errors[i] += 1
+        if self.errors[i] == 1:  # shown once per client
+            print(f"  client {i}: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+    def result(self, elapsed: float) -> tuple[list[float], int, float]:
+        return sorted(x for per in self.latencies for x in per), sum(self.errors), elapsed
+
+
 def _run_threads(clients: int, duration_s: float, make_conn, insert) -> tuple[list[float], int, float]:
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    errors = [0] * clients
-    conns = [make_conn() for _ in range(clients)]
+    tally = _Tally(clients)
+    conns: list[Any] = []
+    try:
+        for _ in range(clients):
+            conns.append(make_conn())
 
-    def worker(i: int, deadline: float) -> None:
-        conn, mine = conns[i], latencies[i]
-        while time.monotonic() < deadline:
-            t0 = time.perf_counter()
-            try:
-                insert(conn)
-            except Exception as exc:  # noqa: BLE001 - counted and shown once per client
-                errors[i] += 1
-                if errors[i] == 1:
-                    print(f"  client {i}: {type(exc).__name__}: {exc}", file=sys.stderr)
-                continue
-            mine.append(time.perf_counter() - t0)
+        def worker(i: int, deadline: float) -> None:
+            conn, mine = conns[i], tally.latencies[i]
+            while time.monotonic() < deadline:
+                t0 = time.perf_counter()
+                try:
+                    insert(conn)
+                except Exception as exc:  # noqa: BLE001 - counted
+                    tally.failed(i, exc)
+                    continue
+                mine.append(time.perf_counter() - t0)
 
-    elapsed = run_workers(clients, duration_s, worker)
-    for c in conns:
-        try:
-            c.close()
-        except Exception:  # noqa: BLE001
-            pass
-    return sorted(x for per in latencies for x in per), sum(errors), elapsed
+        elapsed = run_workers(clients, duration_s, worker)
+    finally:
+        for c in conns:
+            with contextlib.suppress(Exception):
+                c.close()
+    return tally.result(elapsed)
 
 
 def _run_asyncio(clients: int, duration_s: float, make_conn, insert) -> tuple[list[float], int, float]:
@@ -106,32 +121,34 @@ def _run_asyncio(clients: int, duration_s: float, make_conn, insert) -> tuple[li
     the connections' close() are coroutines)."""
 
     async def run() -> tuple[list[float], int, float]:
-        latencies: list[list[float]] = [[] for _ in range(clients)]
-        errors = [0] * clients
-        conns = await asyncio.gather(*(make_conn() for _ in range(clients)))
-
-        async def worker(i: int, deadline: float) -> None:
-            conn, mine = conns[i], latencies[i]
-            while time.monotonic() < deadline:
-                t0 = time.perf_counter()
-                try:
-                    await insert(conn)
-                except Exception as exc:  # noqa: BLE001 - counted and shown once per client
-                    errors[i] += 1
-                    if errors[i] == 1:
-                        print(f"  client {i}: {type(exc).__name__}: {exc}", file=sys.stderr)
-                    continue
-                mine.append(time.perf_counter() - t0)
-
-        start = time.monotonic()
+        tally = _Tally(clients)
+        opened = await asyncio.gather(*(make_conn() for _ in range(clients)), return_exceptions=True)
+        conns = [c for c in opened if not isinstance(c, BaseException)]
         try:
+            for c in opened:
+                if isinstance(c, BaseException):
+                    raise c
+
+            async def worker(i: int, deadline: float) -> None:
+                conn, mine = conns[i], tally.latencies[i]
+                while time.monotonic() < deadline:
+                    t0 = time.perf_counter()
+                    try:
+                        await insert(conn)
+                    except Exception as exc:  # noqa: BLE001 - counted
+                        tally.failed(i, exc)
+                        await asyncio.sleep(0)  # a call that fails without awaiting must not starve the others
+                        continue
+                    mine.append(time.perf_counter() - t0)
+
+            start = time.monotonic()
             await asyncio.gather(*(worker(i, start + duration_s) for i in range(clients)))
-        finally:
             elapsed = time.monotonic() - start
+        finally:
             for c in conns:
                 with contextlib.suppress(Exception):
                     await c.close()
-        return sorted(x for per in latencies for x in per), sum(errors), elapsed
+        return tally.result(elapsed)
 
     return asyncio.run(run())
 

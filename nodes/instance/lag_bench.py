@@ -6,7 +6,7 @@ polls one replica (alternating) with a point SELECT until the row is visible; la
 visible - acknowledged, so the final poll's round trip is included. A probe every
 20 ms while a separate process (so that its threads do not share the probe's
 interpreter lock) loads the writer with plain INSERTs (no RETURNING, as the anchor's
-pg_load.py) at a paced rate, then unpaced at the
+load does) at a paced rate, then unpaced at the
 highest rate its threads reach. Then 8 connections spread over the replicas run point
 SELECTs by primary key for a fixed time.
 
@@ -95,7 +95,7 @@ class _Driver:
         return cur.fetchone()[0]
 
     def load_insert(self, conn) -> None:
-        """The load's write: no RETURNING, as the anchor's pg_load.py (only the probe needs the key)."""
+        """The load's write: no RETURNING, as the anchor's load (only the probe needs the key)."""
         conn.cursor().execute(f"INSERT INTO lag_kv(v) VALUES ({self.ph})", (VALUE,))
 
     def visible(self, conn, key: int) -> bool:

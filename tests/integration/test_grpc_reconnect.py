@@ -1,18 +1,21 @@
 """A client channel whose connection was refused reaches a server that comes up later
-without waiting for gRPC's 5 s backup poll (borealdb/_grpc_env.py).
+without waiting for gRPC's 5 s backup poll (client/_grpc_env.py).
 
-Both sides are fresh processes that import borealdb first, as `boreal` and user programs
-do. The bound below is not a performance figure: a channel that waited for the default
+Both sides are fresh processes, started without the GRPC_* settings, that import
+borealdb first, as `boreal` and user programs do. The bound below is not a performance figure: a channel that waited for the default
 backup poll answered 4-5 s after the server listened; with borealdb's settings it is at
 most one reconnect backoff (1 s) plus a probe interval.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
+
+from borealdb._grpc_env import SETTINGS
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +66,8 @@ finally:
 
 
 def test_a_refused_channel_reaches_a_server_that_starts_later_within_a_backoff():
-    out = subprocess.run([sys.executable, "-c", CLIENT, SERVER], capture_output=True, text=True, timeout=90)
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
+    out = subprocess.run([sys.executable, "-c", CLIENT, SERVER], capture_output=True, text=True, timeout=90, env=env)
     assert out.returncode == 0, out.stderr
     answered_after_s = float(out.stdout.strip())
     assert answered_after_s < 3.0, f"answered {answered_after_s:.2f} s after the server listened (backup poll?)"

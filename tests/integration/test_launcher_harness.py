@@ -134,7 +134,8 @@ from borealdb._grpc_env import SETTINGS as GRPC_SETTINGS  # noqa: E402
 
 
 def fake_env(mode: str = "ok", instance_mode: str = "ok") -> dict[str, str]:
-    env = dict(os.environ)
+    # Without the gRPC settings this process has (it imported borealdb): the launcher adds them.
+    env = {k: v for k, v in os.environ.items() if k not in GRPC_SETTINGS}
     env["BOREAL_STORAGE_SERVER_MODULE"] = MODULE
     env["BOREAL_INSTANCE_SERVER_MODULE"] = f"{MODULE}:serve_instance"
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -175,9 +176,8 @@ def test_default_topology_starts_and_records_state(fake_cluster):
     assert raw["nodes"][0]["log_path"].endswith("s-a1/node.log")
     assert c.node("s-c2").node_status().node_id == "s-c2"
     environ = Path(f"/proc/{c.node('s-a1').pid}/environ").read_bytes().split(b"\0")
-    for name, default in GRPC_SETTINGS.items():
-        expected = os.environ.get(name, default)
-        assert f"{name}={expected}".encode() in environ, "nodes run with the gRPC settings of borealdb/_grpc_env.py"
+    for name, value in GRPC_SETTINGS.items():
+        assert f"{name}={value}".encode() in environ, "the launcher gives nodes the settings of client/_grpc_env.py"
 
 
 def test_writer_is_recorded_and_answers(fake_cluster):
