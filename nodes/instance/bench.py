@@ -7,7 +7,7 @@ transaction that returns only once durable (on borealdb: VDL >= its commit LSN, 
 latency and, for borealdb, bytes sent from the writer to storage per commit
 (serialized Append requests to all 6 segments), redo payload bytes per commit, and CPU
 time per commit of the writer process and of all node processes together (from their
-Prometheus endpoints; the client's threads, in this process, are not counted).
+Prometheus endpoints; the clients, in this process, have a column of their own).
 
 By default it starts a private cluster (6 storage nodes, 2 per AZ, and a writer) on
 127.0.0.1 in a temporary directory and stops it afterwards. `--url boreal://H:P/`
@@ -19,8 +19,9 @@ the same run and prints borealdb / PostgreSQL ratios.
 synchronous drivers (borealdb.connect, psycopg.connect), as the anchor's figure of
 about 4,000 commits/s at 32 psycopg connections was measured. `--client asyncio` runs
 all clients as tasks of one event loop with the asyncio drivers (borealdb.aio,
-psycopg.AsyncConnection), for both systems alike. The client competes with the
-servers for the same two cores, but its CPU is not in the CPU columns.
+psycopg.AsyncConnection), for both systems alike. The clients run in this process,
+on the same cores as the servers; their CPU per commit while they ran is the "client
+CPU" column (this process's CPU time, not counted in the node columns).
 
 Figures are printed, never asserted.
 """
@@ -31,6 +32,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 import urllib.request
@@ -57,6 +59,7 @@ class LevelResult:
     writer_cpu_ms_per_commit: float | None = None   # the writer process's CPU time
     nodes_cpu_ms_per_commit: float | None = None    # every node process of the private cluster
     client: str = "threads"                          # --client: threads or asyncio
+    client_cpu_ms_per_commit: float | None = None    # this process (the clients), while they ran
 
 
 def _metrics(address: str | None) -> dict[str, float]:
@@ -86,11 +89,16 @@ class _Tally:
         if self.errors[i] == 1:  # shown once per client
             print(f"  client {i}: {type(exc).__name__}: {exc}", file=sys.stderr)
 
-    def result(self, elapsed: float) -> tuple[list[float], int, float]:
-        return sorted(x for per in self.latencies for x in per), sum(self.errors), elapsed
+    def result(self, elapsed: float, cpu_s: float) -> tuple[list[float], int, float, float]:
+        return sorted(x for per in self.latencies for x in per), sum(self.errors), elapsed, cpu_s
 
 
-def _run_threads(clients: int, duration_s: float, make_conn, insert) -> tuple[list[float], int, float]:
+def _process_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _run_threads(clients: int, duration_s: float, make_conn, insert) -> tuple[list[float], int, float, float]:
     tally = _Tally(clients)
     conns: list[Any] = []
     try:
@@ -108,19 +116,21 @@ def _run_threads(clients: int, duration_s: float, make_conn, insert) -> tuple[li
                     continue
                 mine.append(time.perf_counter() - t0)
 
+        cpu0 = _process_cpu_s()
         elapsed = run_workers(clients, duration_s, worker)
+        cpu_s = _process_cpu_s() - cpu0
     finally:
         for c in conns:
             with contextlib.suppress(Exception):
                 c.close()
-    return tally.result(elapsed)
+    return tally.result(elapsed, cpu_s)
 
 
-def _run_asyncio(clients: int, duration_s: float, make_conn, insert) -> tuple[list[float], int, float]:
+def _run_asyncio(clients: int, duration_s: float, make_conn, insert) -> tuple[list[float], int, float, float]:
     """_run_threads with every client a task of one new event loop (make_conn, insert and
     the connections' close() are coroutines)."""
 
-    async def run() -> tuple[list[float], int, float]:
+    async def run() -> tuple[list[float], int, float, float]:
         tally = _Tally(clients)
         opened = await asyncio.gather(*(make_conn() for _ in range(clients)), return_exceptions=True)
         conns = [c for c in opened if not isinstance(c, BaseException)]
@@ -141,14 +151,14 @@ def _run_asyncio(clients: int, duration_s: float, make_conn, insert) -> tuple[li
                         continue
                     mine.append(time.perf_counter() - t0)
 
-            start = time.monotonic()
+            start, cpu0 = time.monotonic(), _process_cpu_s()
             await asyncio.gather(*(worker(i, start + duration_s) for i in range(clients)))
-            elapsed = time.monotonic() - start
+            elapsed, cpu_s = time.monotonic() - start, _process_cpu_s() - cpu0
         finally:
             for c in conns:
                 with contextlib.suppress(Exception):
                     await c.close()
-        return tally.result(elapsed)
+        return tally.result(elapsed, cpu_s)
 
     return asyncio.run(run())
 
@@ -167,7 +177,7 @@ def bench_boreal(url: str, metrics_address: str | None, clients: int, duration_s
 
     sql = "INSERT INTO bench_kv(v) VALUES (?)"
     if client == "asyncio":
-        def run() -> tuple[list[float], int, float]:
+        def run() -> tuple[list[float], int, float, float]:
             async def make_conn():
                 return await borealdb.aio.connect(url, client_name="boreal-bench")
 
@@ -176,7 +186,7 @@ def bench_boreal(url: str, metrics_address: str | None, clients: int, duration_s
 
             return _run_asyncio(clients, duration_s, make_conn, insert)
     else:
-        def run() -> tuple[list[float], int, float]:
+        def run() -> tuple[list[float], int, float, float]:
             def make_conn():
                 return borealdb.connect(url, client_name="boreal-bench")
 
@@ -187,7 +197,7 @@ def bench_boreal(url: str, metrics_address: str | None, clients: int, duration_s
 
     # Sampled around the whole level, connection set-up included (a few calls per client).
     before, nodes_before = _metrics(metrics_address), _cpu_s(node_metrics or [])
-    lat, errors, elapsed = run()
+    lat, errors, elapsed, client_cpu_s = run()
     after, nodes_after = _metrics(metrics_address), _cpu_s(node_metrics or [])
     commits = len(lat)
 
@@ -202,7 +212,8 @@ def bench_boreal(url: str, metrics_address: str | None, clients: int, duration_s
     return LevelResult("borealdb", clients, commits, round(elapsed, 2), round(commits / elapsed, 1),
                        round(percentile(lat, 0.5) * 1000, 2), round(percentile(lat, 0.99) * 1000, 2), errors,
                        per_commit("boreal_volume_bytes_sent_total", 1, 1), per_commit("boreal_sql_redo_bytes_total", 1, 1),
-                       per_commit("process_cpu_seconds_total", 1000, 2), nodes_cpu, client)
+                       per_commit("process_cpu_seconds_total", 1000, 2), nodes_cpu, client,
+                       _client_cpu_ms(client_cpu_s, commits))
 
 
 def bench_postgres(dsn: str, clients: int, duration_s: float, client: str = "threads") -> LevelResult:
@@ -219,7 +230,7 @@ def bench_postgres(dsn: str, clients: int, duration_s: float, client: str = "thr
         async def insert_async(conn):
             await conn.execute(sql, (VALUE,))
 
-        lat, errors, elapsed = _run_asyncio(clients, duration_s, make_async_conn, insert_async)
+        lat, errors, elapsed, client_cpu_s = _run_asyncio(clients, duration_s, make_async_conn, insert_async)
     else:
         def make_conn():
             return psycopg.connect(dsn, autocommit=True)
@@ -227,11 +238,15 @@ def bench_postgres(dsn: str, clients: int, duration_s: float, client: str = "thr
         def insert(conn):
             conn.execute(sql, (VALUE,))
 
-        lat, errors, elapsed = _run_threads(clients, duration_s, make_conn, insert)
+        lat, errors, elapsed, client_cpu_s = _run_threads(clients, duration_s, make_conn, insert)
     commits = len(lat)
     return LevelResult("postgresql", clients, commits, round(elapsed, 2), round(commits / elapsed, 1),
                        round(percentile(lat, 0.5) * 1000, 2), round(percentile(lat, 0.99) * 1000, 2), errors,
-                       client=client)
+                       client=client, client_cpu_ms_per_commit=_client_cpu_ms(client_cpu_s, commits))
+
+
+def _client_cpu_ms(cpu_s: float, commits: int) -> float | None:
+    return round(cpu_s * 1000 / commits, 3) if commits else None
 
 
 def _prepare_boreal(url: str) -> None:
@@ -254,13 +269,14 @@ def _prepare_postgres(dsn: str) -> None:
 
 def _print_table(results: list[LevelResult]) -> None:
     header = ["system", "clients", "commits/s", "p50 ms", "p99 ms", "wire B/commit", "redo B/commit",
-              "writer CPU ms/commit", "nodes CPU ms/commit", "commits", "errors"]
+              "writer CPU ms/commit", "nodes CPU ms/commit", "client CPU ms/commit", "commits", "errors"]
 
     def shown(value: float | None) -> Any:
         return "n/a" if value is None else value
 
     rows = [[r.system, r.clients, r.commits_per_s, r.p50_ms, r.p99_ms, shown(r.wire_bytes_per_commit),
              shown(r.redo_bytes_per_commit), shown(r.writer_cpu_ms_per_commit), shown(r.nodes_cpu_ms_per_commit),
+             shown(r.client_cpu_ms_per_commit),
              r.commits, r.errors]
             for r in results]
     print_table(header, rows)
