@@ -26,7 +26,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from borealdb.errors import InvalidRequest, QuorumLost, StaleEpoch, Unavailable, VolumeFull
 from borealdb.nodes import redo
 from borealdb.nodes.log import get_logger
-from borealdb.nodes.volume.tracker import READ_QUORUM, REPLICAS, WRITE_QUORUM, LsnTracker
+from borealdb.nodes.volume.tracker import READ_QUORUM, WRITE_QUORUM, LsnTracker
 from borealdb.nodes.volume.transport import NodeUnavailable, Transport, error_reason, send_append
 from borealdb.protos import storage_pb2 as pb
 
@@ -1022,9 +1022,7 @@ class Volume:
                     self._fence(f"{address}: {exc}")
                 else:
                     self._log.warning("segment_fixup_failed", address=address, action=action, error=str(exc))
-            elif action == "Seal":
-                resp = f.result()
-                del resp  # the SCL arrives with the next Append ack
+            # (a Seal's answer needs no handling: the SCL arrives with the next Append ack)
             with lock:
                 left[0] -= 1
                 last = left[0] == 0
