@@ -2,9 +2,10 @@
 without waiting for gRPC's 5 s backup poll (client/_grpc_env.py).
 
 Both sides are fresh processes, started without the GRPC_* settings, that import
-borealdb first, as `boreal` and user programs do. The bound below is not a performance figure: a channel that waited for the default
-backup poll answered 4-5 s after the server listened; with borealdb's settings it is at
-most one reconnect backoff (1 s) plus a probe interval.
+borealdb first, as `boreal` and user programs do. The bound below is not a performance
+figure: a channel that waited for the default backup poll answered 4-5 s after the
+server listened; with borealdb's settings it is at most one reconnect backoff (1 s)
+plus a probe interval.
 """
 
 from __future__ import annotations

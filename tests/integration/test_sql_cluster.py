@@ -200,5 +200,8 @@ def test_bench_commits_are_real_rows_with_either_client(sql_cluster, client):
     assert result.client == client and result.errors == 0 and result.commits > 0
     assert result.redo_bytes_per_commit and result.redo_bytes_per_commit > 0
     assert result.client_cpu_ms_per_commit and result.client_cpu_ms_per_commit > 0
-    with borealdb.connect(sql_cluster.url) as conn:
+    conn = borealdb.connect(sql_cluster.url)
+    try:
         assert conn.cursor().execute("SELECT count(*) FROM bench_kv").fetchone()[0] == result.commits
+    finally:
+        conn.close()
