@@ -36,10 +36,11 @@ sys.stdin.readline()
 """
 
 CLIENT = r"""
-import borealdb, socket, subprocess, sys, time
+import borealdb, subprocess, sys, time
 import grpc
+from borealdb.nodes.cluster.local import free_port
 from borealdb.nodes.rpc import CLIENT_CHANNEL_OPTIONS
-s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+port = free_port()
 server = subprocess.Popen([sys.executable, "-c", sys.argv[1], str(port)], stdin=subprocess.PIPE,
                           stdout=subprocess.PIPE, text=True)
 try:
