@@ -163,6 +163,10 @@ def _run_asyncio(clients: int, duration_s: float, make_conn, insert) -> tuple[li
     return asyncio.run(run())
 
 
+# --client: how the clients of a level run (make_conn/insert are coroutines for asyncio).
+_RUNNERS = {"threads": _run_threads, "asyncio": _run_asyncio}
+
+
 def _cpu_s(addresses: list[str]) -> float | None:
     """CPU seconds so far of the node processes behind these metrics endpoints."""
     if not addresses:
@@ -177,27 +181,21 @@ def bench_boreal(url: str, metrics_address: str | None, clients: int, duration_s
 
     sql = "INSERT INTO bench_kv(v) VALUES (?)"
     if client == "asyncio":
-        def run() -> tuple[list[float], int, float, float]:
-            async def make_conn():
-                return await borealdb.aio.connect(url, client_name="boreal-bench")
+        async def make_conn():
+            return await borealdb.aio.connect(url, client_name="boreal-bench")
 
-            async def insert(conn):
-                await conn.execute(sql, (VALUE,))
-
-            return _run_asyncio(clients, duration_s, make_conn, insert)
+        async def insert(conn):
+            await conn.execute(sql, (VALUE,))
     else:
-        def run() -> tuple[list[float], int, float, float]:
-            def make_conn():
-                return borealdb.connect(url, client_name="boreal-bench")
+        def make_conn():
+            return borealdb.connect(url, client_name="boreal-bench")
 
-            def insert(conn):
-                conn.cursor().execute(sql, (VALUE,))
-
-            return _run_threads(clients, duration_s, make_conn, insert)
+        def insert(conn):
+            conn.cursor().execute(sql, (VALUE,))
 
     # Sampled around the whole level, connection set-up included (a few calls per client).
     before, nodes_before = _metrics(metrics_address), _cpu_s(node_metrics or [])
-    lat, errors, elapsed, client_cpu_s = run()
+    lat, errors, elapsed, client_cpu_s = _RUNNERS[client](clients, duration_s, make_conn, insert)
     after, nodes_after = _metrics(metrics_address), _cpu_s(node_metrics or [])
     commits = len(lat)
 
@@ -224,13 +222,11 @@ def bench_postgres(dsn: str, clients: int, duration_s: float, client: str = "thr
 
     sql = "INSERT INTO bench_kv(v) VALUES (%s)"
     if client == "asyncio":
-        async def make_async_conn():
+        async def make_conn():
             return await psycopg.AsyncConnection.connect(dsn, autocommit=True)
 
-        async def insert_async(conn):
+        async def insert(conn):
             await conn.execute(sql, (VALUE,))
-
-        lat, errors, elapsed, client_cpu_s = _run_asyncio(clients, duration_s, make_async_conn, insert_async)
     else:
         def make_conn():
             return psycopg.connect(dsn, autocommit=True)
@@ -238,7 +234,7 @@ def bench_postgres(dsn: str, clients: int, duration_s: float, client: str = "thr
         def insert(conn):
             conn.execute(sql, (VALUE,))
 
-        lat, errors, elapsed, client_cpu_s = _run_threads(clients, duration_s, make_conn, insert)
+    lat, errors, elapsed, client_cpu_s = _RUNNERS[client](clients, duration_s, make_conn, insert)
     commits = len(lat)
     return LevelResult("postgresql", clients, commits, round(elapsed, 2), round(commits / elapsed, 1),
                        round(percentile(lat, 0.5) * 1000, 2), round(percentile(lat, 0.99) * 1000, 2), errors,

@@ -152,11 +152,13 @@ def test_new_pages_commit_without_reading_storage_and_a_regrown_file_stays_corre
     vol2.wait_durable(db2.last_commit_lsn, timeout_s=10)
     db2.close()
     vol2.close()
-    db3 = VolumeDatabase(storage.volume())  # every page now comes from storage
+    vol3 = storage.volume()
+    db3 = VolumeDatabase(vol3)  # every page now comes from storage
     w3 = db3.open_writer()
     assert w3.execute("SELECT count(*), sum(length(v)), max(v) FROM t").fetchone() == (150, 150 * 200, bytes(200))
     assert w3.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     db3.close()
+    vol3.close()
 
 
 # ---- SQL engine ---------------------------------------------------------------------------
