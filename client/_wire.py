@@ -288,13 +288,15 @@ class StatementFailed(grpc.RpcError):
 
 
 class StreamFailed(grpc.RpcError):
-    """The Statements stream failed without a status from the server (the client gave up
-    waiting, or the stream ended unanswered): it has the interface of a failed call, with
-    the status of the unary failure it stands for, so that error_from_rpc maps it alike."""
+    """The Statements stream failed (the client gave up waiting, the transport failed, or
+    the stream ended unanswered): it has the interface of a failed call, with the status
+    of the unary failure it stands for, so that error_from_rpc maps it alike."""
 
-    def __init__(self, status: grpc.StatusCode, details: str):
+    def __init__(self, status: grpc.StatusCode, details: str, trailing_metadata: tuple = (), *,
+                 never_sent: bool = False):
         super().__init__(details)
-        self._status, self._details = status, details
+        self._status, self._details, self._trailing_metadata = status, details, trailing_metadata
+        self.never_sent = never_sent  # the statement's message was not written out: nothing reached the server
 
     def code(self) -> grpc.StatusCode:
         return self._status
@@ -303,7 +305,7 @@ class StreamFailed(grpc.RpcError):
         return self._details
 
     def trailing_metadata(self) -> tuple:
-        return ()
+        return self._trailing_metadata
 
 
 def statement_timed_out(timeout_s: float) -> StreamFailed:
@@ -445,7 +447,8 @@ def error_from_rpc(err: Any, *, outcome_unknown: bool = False, what: str = "") -
     if code and code != "SQL_ERROR_CODE_UNSPECIFIED":
         cls = ERROR_CLASSES.get(code, errors.DatabaseError)
         exc = cls(details or code, code=code, sqlite_code=sqlite_code)
-    elif outcome_unknown and status in _TRANSPORT_STATUSES and not _never_sent(status, details):
+    elif (outcome_unknown and status in _TRANSPORT_STATUSES and not _never_sent(status, details)
+          and not getattr(err, "never_sent", False)):
         exc = errors.OutcomeUnknown(
             f"the connection was lost while {what or 'a write'} was in flight: "
             f"it may or may not have committed ({status}: {details})"

@@ -30,9 +30,12 @@ cursor while writing with another works, as with sqlite3).
 
 Statements whose result fits one message (all but large reads and writes with
 RETURNING) travel on one long-lived Statements stream per connection, which costs
-the server less than a call per statement; a transport failure ends the stream
-(the statement in flight fails as its own call would have) and the next statement
-opens a new one. Against a server without that stream, each is a unary call.
+the server less than a call per statement, driven by the calling thread itself
+(borealdb._stream); a transport failure ends the stream (the statement in flight
+fails as its own call would have) and the next statement opens a new one. A
+statement sent on a stream that died since the last one (the server restarted) was
+never written out, and goes once more on a new stream. Against a server without
+that stream, each is a unary call.
 The connections of one process to the same server share one gRPC channel (one
 HTTP/2 connection); each keeps its own session and stream, and a transport failure
 fails the statements in flight on all of them.
@@ -76,11 +79,13 @@ _SYNC_CHANNEL_OPTIONS = _wire.CHANNEL_OPTIONS + [(grpc.experimental.ChannelOptio
 class _SharedChannels:
     """One gRPC channel per server address and process, shared by the connections to it.
 
-    Why: a channel carries every call of its connections over one HTTP/2 connection and
-    has one thread that hands streamed answers to their callers. With a channel per
-    connection, 32 connections in one process kept 32 such threads waking one another
-    for the interpreter lock. Sharing it measured +5-12% commits/s at 32 connections
-    (3 interleaved pairs, `boreal bench`). Each connection keeps its own session and
+    Why: a channel carries every call of its connections over one HTTP/2 connection
+    (one socket, one set-up and one keepalive for all of them), and has one thread that
+    hands the answers of gRPC's multi-threaded calls to their callers. When the
+    Statements streams were such calls, a channel per connection kept 32 of those
+    threads waking one another at 32 connections, and sharing measured +5-12% commits/s
+    (3 interleaved pairs, `boreal bench`); the streams are now driven by their callers
+    (borealdb._stream). Each connection keeps its own session and
     Statements stream; the last connection to release a channel closes it. The price:
     a transport failure (the server going away) fails the statements in flight of all
     the process's connections to that server at once, as it would have anyway.
@@ -270,17 +275,27 @@ class Connection:
 
     def _execute_one_request(self, request: sql_pb2.ExecuteRequest) -> sql_pb2.ExecuteResponse:
         """An ExecuteOne, sent on the connection's Statements stream (opened on first use,
-        and again after a transport failure); as a unary call to a server without streams."""
+        and again after a transport failure); as a unary call to a server without streams.
+
+        A stream that died since its last statement (the server restarted) fails the send
+        of the next one: that statement never left, so it goes once more on a new stream."""
         if self._use_stream:
             stream = self._stream
-            if stream is None or not stream.usable():
-                stream = self._stream = StatementStream(self._stub)
-            try:
-                return stream.execute(request, self.timeout_s)
-            except grpc.RpcError as e:
-                if not _wire.streams_unsupported(e):
-                    raise
-                self._use_stream = False
+            fresh = stream is None or not stream.usable()
+            while True:
+                if fresh:
+                    if stream is not None:
+                        stream.close()
+                    stream = self._stream = StatementStream(self._channel)
+                try:
+                    return stream.execute(request, self.timeout_s)
+                except grpc.RpcError as e:
+                    if _wire.streams_unsupported(e):
+                        self._use_stream = False
+                        break
+                    if fresh or not getattr(e, "never_sent", False):
+                        raise
+                    fresh = True
         return self._stub.ExecuteOne(request, timeout=self.timeout_s)
 
     def _before_request(self, cursor: "Cursor | None") -> None:

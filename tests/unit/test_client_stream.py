@@ -1,11 +1,15 @@
-"""The synchronous client's Statements stream without a server: answers, in-band
-errors, the statement watchdog, and streams that must not be reused."""
+"""The synchronous client's Statements stream against a scripted gRPC server in this
+process (on 127.0.0.1): answers, in-band errors, the statement watchdog, transport
+failures, interrupted waits, and streams that must not be reused."""
 
 from __future__ import annotations
 
 import gc
 import queue
+import signal
 import threading
+import time
+from concurrent import futures
 
 import grpc
 import pytest
@@ -13,77 +17,69 @@ import pytest
 from borealdb import _stream, _wire, errors
 from borealdb.protos import sql_pb2
 
-
-class _Failed(grpc.RpcError):
-    def __init__(self, status: grpc.StatusCode, details: str = ""):
-        self._status, self._details = status, details
-
-    def code(self):
-        return self._status
-
-    def details(self):
-        return self._details
-
-    def trailing_metadata(self):
-        return ()
+NEVER = object()  # an answer that never comes (a paused server)
 
 
-class FakeCall:
-    """A Statements call: takes requests from the client's feed (in a thread, as gRPC does)
-    and answers each with what `answer(request)` returns; None means never answer."""
+class ScriptedServer:
+    """A gRPC server with only Instance/Statements; each request is answered with what
+    `answer(request, context)` returns (NEVER: no answer until the call ends; None: the
+    stream ends unanswered, with status OK).
+    `calls` holds, per stream, the SQL it received; `ended` gets one item per stream
+    whose call is over (ended by the client, cancelled or failed)."""
 
-    def __init__(self, requests, answer):
+    def __init__(self, answer, *, statements: bool = True, port: int = 0):
         self.answer = answer
-        self.seen: list = []
-        self.answers: queue.SimpleQueue = queue.SimpleQueue()
-        self.cancelled = threading.Event()
-        self.fed_to_end = threading.Event()
-        self._status = None
-        threading.Thread(target=self._consume, args=(requests,), daemon=True).start()
+        self.calls: list[list[str]] = []
+        self.ended: queue.SimpleQueue = queue.SimpleQueue()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="scripted-server"))
+        if statements:
+            handler = grpc.stream_stream_rpc_method_handler(
+                self._statements, request_deserializer=sql_pb2.ExecuteRequest.FromString,
+                response_serializer=sql_pb2.StatementResponse.SerializeToString)
+            self.server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler("borealdb.sql.v1.Instance", {"Statements": handler}),))
+        self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
+        self.server.start()
 
-    def _consume(self, requests):
+    def _statements(self, requests, context):
+        seen: list[str] = []
+        self.calls.append(seen)
+        context.add_callback(lambda: self.ended.put(seen))
         for request in requests:
-            self.seen.append(request)
-            reply = self.answer(request)
-            if reply is not None:
-                self.answers.put(reply)
-        self.fed_to_end.set()
+            seen.append(request.sql)
+            reply = self.answer(request, context)
+            if reply is NEVER:
+                while context.is_active():
+                    time.sleep(0.01)  # the server's side of a paused writer
+                return
+            if reply is None:
+                return
+            yield reply
 
-    def __next__(self):
-        while True:
-            try:
-                reply = self.answers.get(timeout=0.01)
-            except queue.Empty:
-                if self.cancelled.is_set():
-                    raise _Failed(grpc.StatusCode.CANCELLED, "Locally cancelled by application!") from None
-                continue
-            if isinstance(reply, Exception):
-                self._status = reply
-                raise reply
-            return reply
-
-    def cancel(self):
-        self.cancelled.set()
-        return True
-
-    def done(self):
-        return self.cancelled.is_set() or self._status is not None
+    def stop(self) -> None:
+        self.server.stop(grace=None).wait()
 
 
-class FakeStub:
-    call_class = FakeCall
+@pytest.fixture
+def serve():
+    servers: list[ScriptedServer] = []
+    channels: list[grpc.Channel] = []
 
-    def __init__(self, answer):
-        self.answer = answer
-        self.calls: list[FakeCall] = []
+    def start(answer, **kwargs):
+        server = ScriptedServer(answer, **kwargs)
+        servers.append(server)
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        channels.append(channel)
+        return server, channel
 
-    def Statements(self, requests):
-        call = self.call_class(requests, self.answer)
-        self.calls.append(call)
-        return call
+    yield start
+    for channel in channels:
+        channel.close()
+    for server in servers:
+        server.stop()
 
 
-def _ok(request):
+def _ok(request, context):
     return sql_pb2.StatementResponse(result=sql_pb2.ExecuteResponse(last=True, rows_affected=1,
                                                                     last_insert_rowid=len(request.sql)))
 
@@ -92,22 +88,42 @@ def _req(sql="INSERT INTO t VALUES (1)"):
     return sql_pb2.ExecuteRequest(session_id="s1", sql=sql)
 
 
-def test_statements_are_answered_in_order_on_one_stream():
-    stub = FakeStub(_ok)
-    stream = _stream.StatementStream(stub)
+def test_statements_are_answered_in_order_on_one_stream(serve):
+    server, channel = serve(_ok)
+    stream = _stream.StatementStream(channel)
     for sql in ("a", "bb", "ccc"):
         assert stream.execute(_req(sql), timeout_s=30).last_insert_rowid == len(sql)
-    assert stream.usable() and len(stub.calls) == 1
-    assert [r.sql for r in stub.calls[0].seen] == ["a", "bb", "ccc"]
+    assert stream.usable() and server.calls == [["a", "bb", "ccc"]]
+    stream.close()
 
 
-def test_an_error_in_the_answer_maps_like_a_unary_failure_and_keeps_the_stream():
-    def answer(request):
+def _client_threads() -> int:
+    return sum(not t.name.startswith("scripted-server") for t in threading.enumerate())
+
+
+def test_streams_need_no_thread_of_their_own(serve):
+    """The caller drives its stream: eight open streams add no threads (gRPC's stream
+    API kept one feeding thread per stream)."""
+    _server, channel = serve(_ok)
+    first = _stream.StatementStream(channel)
+    first.execute(_req(), timeout_s=30)  # the channel is connected, the watchdog started
+    before = _client_threads()
+    streams = [_stream.StatementStream(channel) for _ in range(8)]
+    for s in streams:
+        s.execute(_req(), timeout_s=30)
+    assert _client_threads() == before
+    for s in [first, *streams]:
+        s.close()
+
+
+def test_an_error_in_the_answer_maps_like_a_unary_failure_and_keeps_the_stream(serve):
+    def answer(request, context):
         return sql_pb2.StatementResponse(error=sql_pb2.StatementError(
             code=sql_pb2.CONSTRAINT_VIOLATION, message="UNIQUE constraint failed: t.id",
             in_transaction=True, sqlite_code=2067))
 
-    stream = _stream.StatementStream(FakeStub(answer))
+    _server, channel = serve(answer)
+    stream = _stream.StatementStream(channel)
     with pytest.raises(_wire.StatementFailed) as info:
         stream.execute(_req(), timeout_s=30)
     exc = _wire.error_from_rpc(info.value, outcome_unknown=True, what="INSERT")
@@ -115,6 +131,7 @@ def test_an_error_in_the_answer_maps_like_a_unary_failure_and_keeps_the_stream()
     assert (exc.code, exc.sqlite_code, exc.in_transaction) == ("CONSTRAINT_VIOLATION", 2067, True)
     assert "UNIQUE constraint failed" in str(exc)
     assert stream.usable()
+    stream.close()
 
 
 def test_an_error_without_a_sqlite_code_has_none():
@@ -124,30 +141,32 @@ def test_an_error_without_a_sqlite_code_has_none():
     assert _wire.error_from_rpc(err).sqlite_code is None
 
 
-def test_a_statement_past_its_timeout_is_cancelled_and_reported_as_a_deadline():
-    stub = FakeStub(lambda request: None)  # a server that never answers (paused)
-    stream = _stream.StatementStream(stub)
+def test_a_statement_past_its_timeout_is_cancelled_and_reported_as_a_deadline(serve):
+    server, channel = serve(lambda request, context: NEVER)
+    stream = _stream.StatementStream(channel)
     with pytest.raises(_wire.StreamFailed) as info:
-        stream.execute(_req(), timeout_s=0.05)
+        stream.execute(_req(), timeout_s=0.2)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert stub.calls[0].cancelled.is_set()
+    assert server.ended.get(timeout=10) == [_req().sql]  # the server saw the call end
     assert not stream.usable()
     # A write whose answer never came: its outcome is unknown; a read is just unavailable.
     assert isinstance(_wire.error_from_rpc(info.value, outcome_unknown=True), errors.OutcomeUnknown)
     assert isinstance(_wire.error_from_rpc(info.value), errors.Unavailable)
 
 
-def test_the_watchdog_leaves_answered_statements_alone():
-    stub = FakeStub(_ok)
-    stream = _stream.StatementStream(stub)
+def test_the_watchdog_leaves_answered_statements_alone(serve):
+    server, channel = serve(_ok)
+    stream = _stream.StatementStream(channel)
     stale = _stream._WATCHDOG.watch(0.0, stream)  # as an entry of an answered statement
     stream.execute(_req(), timeout_s=30)
     stream._expire(stale)  # the watchdog reaching it late must not touch the stream
-    assert stream.usable() and not stub.calls[0].cancelled.is_set()
+    assert stream.usable()
+    assert stream.execute(_req("b"), timeout_s=30).last_insert_rowid == 1
     stale[2] = None
+    stream.close()
     # while another statement is pending, a stale entry still changes nothing
-    slow = FakeStub(lambda request: None)
-    pending = _stream.StatementStream(slow)
+    _slow, slow_channel = serve(lambda request, context: NEVER)
+    pending = _stream.StatementStream(slow_channel)
     stale = [0.0, -1, pending]
     done = threading.Event()
 
@@ -163,54 +182,118 @@ def test_the_watchdog_leaves_answered_statements_alone():
     assert done.is_set()
 
 
-def test_a_transport_failure_breaks_the_stream():
-    stub = FakeStub(lambda request: _Failed(grpc.StatusCode.UNAVAILABLE, "Socket closed"))
-    stream = _stream.StatementStream(stub)
+def test_a_failed_call_breaks_the_stream_with_its_status(serve):
+    def answer(request, context):
+        context.abort(grpc.StatusCode.UNAVAILABLE, "the writer is shutting down")
+
+    _server, channel = serve(answer)
+    stream = _stream.StatementStream(channel)
     with pytest.raises(grpc.RpcError) as info:
         stream.execute(_req(), timeout_s=30)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in info.value.details()
     assert isinstance(_wire.error_from_rpc(info.value, outcome_unknown=True), errors.OutcomeUnknown)
     assert not stream.usable()
     with pytest.raises(AssertionError):
         stream.execute(_req(), timeout_s=30)
 
 
+def test_a_stream_the_server_ended_is_reported_and_not_reused(serve):
+    """The server ends the stream without answering (it shuts down cleanly)."""
+    _server, channel = serve(lambda request, context: _ok(request, context) if request.sql == "a" else None)
+    stream = _stream.StatementStream(channel)
+    assert stream.execute(_req("a"), timeout_s=30).rows_affected == 1
+    with pytest.raises(_wire.StreamFailed, match="closed the statement stream") as info:
+        stream.execute(_req("b"), timeout_s=30)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert not stream.usable()
+
+
+def test_a_server_without_the_stream_is_recognised(serve):
+    _server, channel = serve(_ok, statements=False)
+    stream = _stream.StatementStream(channel)
+    with pytest.raises(grpc.RpcError) as info:
+        stream.execute(_req(), timeout_s=30)
+    assert _wire.streams_unsupported(info.value)
+    assert not _wire.streams_unsupported(_wire.StreamFailed(grpc.StatusCode.UNAVAILABLE, "down"))
+
+
 class Interrupted(BaseException):
     pass
 
 
-class InterruptedCall(FakeCall):
-    def __next__(self):
-        raise Interrupted()  # as a KeyboardInterrupt in the middle of the wait
+def test_an_interrupted_wait_cancels_the_stream(serve):
+    """A signal handler raising in the middle of the wait (as Ctrl-C does): gRPC frees
+    the call; its answer may still come, so the stream is never used again."""
+    server, channel = serve(lambda request, context: NEVER)
+    stream = _stream.StatementStream(channel)
+
+    def interrupt(signum, frame):
+        raise Interrupted()
+
+    old = signal.signal(signal.SIGUSR1, interrupt)
+    timer = threading.Timer(0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGUSR1))
+    try:
+        timer.start()
+        with pytest.raises(Interrupted):
+            stream.execute(_req(), timeout_s=30)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, old)
+    assert not stream.usable()
+    assert server.ended.get(timeout=10) == [_req().sql]
+    stream.close()  # nothing left to free: must not wait on the freed queue
 
 
-def test_an_interrupted_wait_cancels_the_stream():
-    stub = FakeStub(_ok)
-    stub.call_class = InterruptedCall
-    stream = _stream.StatementStream(stub)
-    with pytest.raises(Interrupted):
-        stream.execute(_req(), timeout_s=30)
-    # Its answer may still arrive: the next statement must not take it for its own.
-    assert stub.calls[0].cancelled.is_set() and not stream.usable()
-
-
-def test_a_server_without_the_stream_is_recognised():
-    assert _wire.streams_unsupported(_Failed(grpc.StatusCode.UNIMPLEMENTED, "Method not found!"))
-    assert not _wire.streams_unsupported(_Failed(grpc.StatusCode.UNAVAILABLE, "down"))
-
-
-def test_a_dropped_stream_ends_its_feed():
-    stub = FakeStub(_ok)
-    stream = _stream.StatementStream(stub)
+def test_a_dropped_stream_ends_its_call(serve):
+    server, channel = serve(_ok)
+    stream = _stream.StatementStream(channel)
     stream.execute(_req(), timeout_s=30)
-    call = stub.calls[0]
     del stream
     gc.collect()
-    assert call.fed_to_end.wait(5) and call.cancelled.is_set()
+    assert server.ended.get(timeout=10) == [_req().sql]
 
 
-def test_close_ends_the_feed():
-    stub = FakeStub(_ok)
-    stream = _stream.StatementStream(stub)
+def test_close_ends_the_call(serve):
+    server, channel = serve(_ok)
+    stream = _stream.StatementStream(channel)
+    stream.execute(_req(), timeout_s=30)
     stream.close()
-    assert stub.calls[0].fed_to_end.wait(5)
+    assert server.ended.get(timeout=10) == [_req().sql]
     assert not stream.usable()
+    stream.close()  # idempotent
+
+
+def test_a_stream_whose_connection_was_lost_fails_its_next_send_as_never_sent(serve):
+    """The server restarts between two statements: the old stream is dead, which its
+    caller learns only at the next statement, whose message gRPC does not write out.
+    Such a statement is safe to send again (the connection does, on a new stream), and
+    a write that failed so is not reported as of unknown outcome."""
+    server, channel = serve(_ok)
+    stream = _stream.StatementStream(channel)
+    stream.execute(_req(), timeout_s=30)
+    server.stop()
+    restarted, _ = serve(_ok, port=server.port)
+    with pytest.raises(_wire.StreamFailed) as info:
+        stream.execute(_req("lost"), timeout_s=30)
+    assert info.value.never_sent and not stream.usable()
+    assert isinstance(_wire.error_from_rpc(info.value, outcome_unknown=True), errors.Unavailable)
+    assert not isinstance(_wire.error_from_rpc(info.value, outcome_unknown=True), errors.OutcomeUnknown)
+    fresh = _stream.StatementStream(channel)
+    assert fresh.execute(_req("again"), timeout_s=30).rows_affected == 1
+    assert restarted.calls == [["again"]]
+    fresh.close()
+    stream.close()
+
+
+def test_a_statement_the_server_received_is_not_never_sent(serve):
+    """The call fails after the statement went out: its outcome stays unknown."""
+    def answer(request, context):
+        context.abort(grpc.StatusCode.UNAVAILABLE, "the writer went away")
+
+    _server, channel = serve(answer)
+    stream = _stream.StatementStream(channel)
+    with pytest.raises(_wire.StreamFailed) as info:
+        stream.execute(_req(), timeout_s=30)
+    assert not info.value.never_sent
+    assert isinstance(_wire.error_from_rpc(info.value, outcome_unknown=True), errors.OutcomeUnknown)
