@@ -9,7 +9,7 @@ Why the calling thread drives it: gRPC's synchronous stream API feeds requests f
 thread of its own per call, waits for each send to complete, and hands every event
 over from the channel's spin thread, so a statement woke three threads and the caller
 twice. Here the stream is a gRPC "segregated" call with a completion queue of its
-own, as gRPC's own SingleThreadedUnaryStream uses: the caller starts the send and the
+own, as gRPC's own single-threaded unary-stream calls use (_SingleThreadedRendezvous): the caller starts the send and the
 receive and waits on that queue itself, with the interpreter lock released; nothing
 else runs for it. At 32 connections (`boreal bench`) the client went from 32 to 12
 context switches and from 0.20 to 0.11 ms of CPU per commit. This uses gRPC's Cython layer (grpc._cython.cygrpc
@@ -23,9 +23,11 @@ given.
 
 A stream's end is only seen by its caller, at its next statement: a stream whose
 connection was lost between two statements (the server restarted) fails that
-statement's send. gRPC fails a send only if the message was not written out, so such a
-failure is raised with `never_sent` set, and the connection sends the statement again
-on a new stream (nothing reached the server, so even a write is safe to send again).
+statement's send. gRPC fails a send only if the message was not handed to the
+transport in full (a send succeeds once the message is framed, before the socket
+write), and a server cannot run part of a message; so such a failure is raised with
+`never_sent` set, and the connection sends the statement again on a new stream
+(nothing reached the server, so even a write is safe to send again).
 """
 
 from __future__ import annotations
@@ -121,7 +123,8 @@ os.register_at_fork(after_in_child=_new_watchdog_in_child)
 class _Call:
     """The segregated call and the tags of its operations still in its completion queue.
     gRPC frees the queue once the last one is taken, so next_event() is called only
-    while `due` is not empty; after an interrupted wait gRPC has freed it already."""
+    while `due` is not empty. A tag is added before its operation starts (a signal
+    between the two must not leave gRPC waiting for a tag we forgot)."""
 
     __slots__ = ("call", "due", "status")
 
@@ -143,7 +146,13 @@ class _Call:
         try:
             event = self.call.next_event()
         except BaseException:
-            self.due.clear()  # interrupted (a signal): gRPC cancelled the call and freed its queue
+            # Interrupted (a signal handler raised). Inside the wait, gRPC freed the call
+            # and its queue, and this cancel does nothing; just after an event was taken,
+            # the call still runs and is cancelled here. Which tag that event was is lost,
+            # so the queue cannot be drained: it stays allocated (a few hundred bytes)
+            # until the channel closes, rather than risk a wait on a freed queue.
+            self.call.cancel(_CANCELLED, "the client was interrupted")
+            self.due.clear()
             raise
         self.due.discard(event.tag)
         message = None
@@ -169,7 +178,7 @@ class _Call:
             self.next_event()
 
 
-def _never_sent(failure: _wire.StreamFailed) -> _wire.StreamFailed:
+def _as_never_sent(failure: _wire.StreamFailed) -> _wire.StreamFailed:
     """The failure of a statement whose message gRPC did not write out."""
     return _wire.StreamFailed(failure.code(), failure.details(), failure.trailing_metadata(), never_sent=True)
 
@@ -195,7 +204,7 @@ class StatementStream:
     def execute(self, request: sql_pb2.ExecuteRequest, timeout_s: float | None) -> sql_pb2.ExecuteResponse:
         assert not self.broken, "a broken stream is not reused"
         # Broken until the answer is in: whatever interrupts the wait (an error, a
-        # KeyboardInterrupt) leaves an answer on its way that the next statement would
+        # KeyboardInterrupt) may leave an answer on its way that the next statement would
         # take for its own, so such a stream is cancelled and never used again.
         self.broken = True
         entry = _WATCHDOG.watch(time.monotonic() + timeout_s, self) if timeout_s is not None else None
@@ -203,6 +212,10 @@ class StatementStream:
         answered = False
         try:
             message = self._round_trip(request.SerializeToString())
+            try:
+                resp = sql_pb2.StatementResponse.FromString(message)
+            except Exception as exc:  # noqa: BLE001 - a garbled answer: the stream cannot be trusted
+                raise _wire.StreamFailed(grpc.StatusCode.INTERNAL, f"cannot parse the server's answer: {exc}") from None
             answered = True
         except grpc.RpcError:
             if self._expired:
@@ -218,17 +231,20 @@ class StatementStream:
                 self._finalizer()  # cancel the call and free it now
         # Cancelled by the watchdog just as the answer came: the answer stands, the stream does not.
         self.broken = expired
-        return _wire.statement_result(sql_pb2.StatementResponse.FromString(message))
+        return _wire.statement_result(resp)
 
     def _round_trip(self, request: bytes) -> bytes:
         c = self._call
         call, due = c.call, c.due
-        # operate() is False once the call is over (its status taken): nothing was sent.
-        if not call.operate((cygrpc.SendMessageOperation(request, 0),), _SENT):
-            raise _never_sent(c.status or _wire.stream_ended())
+        # operate() is False once gRPC has freed the call (every operation, the status
+        # included, was taken): nothing was sent.
         due.add(_SENT)
-        if call.operate((cygrpc.ReceiveMessageOperation(0),), _RECEIVED):
-            due.add(_RECEIVED)
+        if not call.operate((cygrpc.SendMessageOperation(request, 0),), _SENT):
+            due.discard(_SENT)
+            raise _as_never_sent(c.status or _wire.stream_ended())
+        due.add(_RECEIVED)
+        if not call.operate((cygrpc.ReceiveMessageOperation(0),), _RECEIVED):
+            due.discard(_RECEIVED)
         answer, sent = None, False
         # Both operations are taken before returning: the next statement's send may only
         # start once this one's completed.
@@ -242,7 +258,7 @@ class StatementStream:
             while c.status is None and due:
                 c.next_event()
             failure = c.status or _wire.stream_ended()
-            raise failure if sent else _never_sent(failure)
+            raise failure if sent else _as_never_sent(failure)
         return answer
 
     def usable(self) -> bool:

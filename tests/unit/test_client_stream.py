@@ -13,7 +13,9 @@ from concurrent import futures
 
 import grpc
 import pytest
+from grpc._cython import cygrpc
 
+import borealdb
 from borealdb import _stream, _wire, errors
 from borealdb.protos import sql_pb2
 
@@ -32,12 +34,23 @@ class ScriptedServer:
         self.calls: list[list[str]] = []
         self.ended: queue.SimpleQueue = queue.SimpleQueue()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="scripted-server"))
+        handlers = {  # sessions, for a borealdb.connect() to this server
+            "OpenSession": grpc.unary_unary_rpc_method_handler(
+                lambda request, context: sql_pb2.OpenSessionResponse(session_id="s1", node_id="i-1", role="writer",
+                                                                     epoch=1),
+                request_deserializer=sql_pb2.OpenSessionRequest.FromString,
+                response_serializer=sql_pb2.OpenSessionResponse.SerializeToString),
+            "CloseSession": grpc.unary_unary_rpc_method_handler(
+                lambda request, context: sql_pb2.CloseSessionResponse(),
+                request_deserializer=sql_pb2.CloseSessionRequest.FromString,
+                response_serializer=sql_pb2.CloseSessionResponse.SerializeToString),
+        }
         if statements:
-            handler = grpc.stream_stream_rpc_method_handler(
+            handlers["Statements"] = grpc.stream_stream_rpc_method_handler(
                 self._statements, request_deserializer=sql_pb2.ExecuteRequest.FromString,
                 response_serializer=sql_pb2.StatementResponse.SerializeToString)
-            self.server.add_generic_rpc_handlers(
-                (grpc.method_handlers_generic_handler("borealdb.sql.v1.Instance", {"Statements": handler}),))
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("borealdb.sql.v1.Instance", handlers),))
         self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
         self.server.start()
 
@@ -206,6 +219,7 @@ def test_a_stream_the_server_ended_is_reported_and_not_reused(serve):
     with pytest.raises(_wire.StreamFailed, match="closed the statement stream") as info:
         stream.execute(_req("b"), timeout_s=30)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert not info.value.never_sent  # the server read it: never sent again
     assert not stream.usable()
 
 
@@ -228,11 +242,35 @@ def test_an_interrupted_wait_cancels_the_stream(serve):
     server, channel = serve(lambda request, context: NEVER)
     stream = _stream.StatementStream(channel)
 
+    _interrupted(stream, after_s=0.3)
+    assert not stream.usable()
+    assert server.ended.get(timeout=10) == [_req().sql]
+    stream.close()  # nothing left to free: must not wait on the freed queue
+
+
+def test_an_interrupt_that_lands_as_the_answer_comes_cancels_the_stream(serve):
+    """The signal arrives during the wait, but gRPC only looks for signals every 200 ms:
+    the handler then runs just after the answer was taken, and the call, not freed by
+    gRPC, must still be cancelled (else it stays open on the server)."""
+    def late(request, context):
+        time.sleep(0.05)
+        return _ok(request, context)
+
+    server, channel = serve(late)
+    stream = _stream.StatementStream(channel)
+    _interrupted(stream, after_s=0.01)
+    assert not stream.usable()
+    assert server.ended.get(timeout=10) == [_req().sql]
+    stream.close()
+
+
+def _interrupted(stream, after_s: float) -> None:
+    """Run a statement on `stream` that a signal handler interrupts after `after_s`."""
     def interrupt(signum, frame):
         raise Interrupted()
 
     old = signal.signal(signal.SIGUSR1, interrupt)
-    timer = threading.Timer(0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGUSR1))
+    timer = threading.Timer(after_s, signal.pthread_kill, (threading.main_thread().ident, signal.SIGUSR1))
     try:
         timer.start()
         with pytest.raises(Interrupted):
@@ -240,9 +278,6 @@ def test_an_interrupted_wait_cancels_the_stream(serve):
     finally:
         timer.cancel()
         signal.signal(signal.SIGUSR1, old)
-    assert not stream.usable()
-    assert server.ended.get(timeout=10) == [_req().sql]
-    stream.close()  # nothing left to free: must not wait on the freed queue
 
 
 def test_a_dropped_stream_ends_its_call(serve):
@@ -273,6 +308,7 @@ def test_a_stream_whose_connection_was_lost_fails_its_next_send_as_never_sent(se
     stream = _stream.StatementStream(channel)
     stream.execute(_req(), timeout_s=30)
     server.stop()
+    _wait_disconnected(channel)
     restarted, _ = serve(_ok, port=server.port)
     with pytest.raises(_wire.StreamFailed) as info:
         stream.execute(_req("lost"), timeout_s=30)
@@ -297,3 +333,49 @@ def test_a_statement_the_server_received_is_not_never_sent(serve):
         stream.execute(_req(), timeout_s=30)
     assert not info.value.never_sent
     assert isinstance(_wire.error_from_rpc(info.value, outcome_unknown=True), errors.OutcomeUnknown)
+
+
+def _wait_disconnected(channel: grpc.Channel, timeout_s: float = 10.0) -> None:
+    """Until the client has seen its connection go (as it has when a server restarts
+    between two statements, seconds apart)."""
+    deadline = time.monotonic() + timeout_s
+    while channel._channel.check_connectivity_state(False) == cygrpc.ConnectivityState.ready:
+        assert time.monotonic() < deadline, "the channel still looks connected"
+        time.sleep(0.01)
+
+
+def test_a_connection_sends_again_what_its_dead_stream_never_sent():
+    """Through borealdb.connect(): a write after the server restarted goes through on a
+    new stream, and reaches the server exactly once."""
+    server = ScriptedServer(_ok)
+    restarted = None
+    conn = borealdb.connect(f"boreal://127.0.0.1:{server.port}/")
+    try:
+        conn.execute("INSERT INTO t VALUES (1)")
+        server.stop()
+        _wait_disconnected(conn._channel)
+        restarted = ScriptedServer(_ok, port=server.port)
+        assert conn.execute("INSERT INTO t VALUES (2)").rowcount == 1
+        assert restarted.calls == [["INSERT INTO t VALUES (2)"]]
+    finally:
+        conn.close()
+        for s in (server, restarted):
+            if s is not None:
+                s.stop()
+
+
+def test_a_connection_never_sends_again_what_may_have_reached_the_server():
+    """The call fails after the write went out: the write is not sent again, and its
+    outcome is unknown."""
+    def answer(request, context):
+        context.abort(grpc.StatusCode.UNAVAILABLE, "the writer went away")
+
+    server = ScriptedServer(answer)
+    conn = borealdb.connect(f"boreal://127.0.0.1:{server.port}/")
+    try:
+        with pytest.raises(errors.OutcomeUnknown):
+            conn.execute("INSERT INTO t VALUES (1)")
+        assert server.calls == [["INSERT INTO t VALUES (1)"]]
+    finally:
+        conn.close()
+        server.stop()
