@@ -194,6 +194,58 @@ def test_replica_reads_see_one_consistent_total_and_are_monotonic(replicas):
     assert sorted(r.node_id for r in writer_status.replicas) == ["i-b1", "i-c1"]
 
 
+def test_a_growing_table_reads_whole_on_the_replicas(replicas):
+    """Replicas keep the full images of pages they had not cached (the new pages a
+    growing table allocates): every read of a replica still sees whole transactions
+    (10 rows each, keys 1..n), never fewer rows than before on its connection, and
+    at the end all the rows, with the database intact."""
+    cluster = replicas
+    w = _connect(cluster.writer_url())
+    w.cursor().execute("CREATE TABLE grow(k INTEGER PRIMARY KEY, pad TEXT NOT NULL)")
+    stop = threading.Event()
+    violations: list[str] = []
+    reads = [0]
+
+    def read(url: str) -> None:
+        conn = _connect(url)
+        last = 0
+        try:
+            while not stop.is_set():
+                cur = conn.cursor()
+                cur.execute("SELECT count(*), coalesce(sum(k), 0), coalesce(max(k), 0) FROM grow")
+                n, total, top = cur.fetchone()
+                if n % 10 or total != n * (n + 1) // 2 or top != n or n < last:
+                    violations.append(f"{url}: {n} rows, sum {total}, max {top}, after {last} rows")
+                last = n
+                reads[0] += 1
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=read, args=(_url(n),), daemon=True) for n in cluster.readers()]
+    for t in threads:
+        t.start()
+    try:
+        for batch in range(60):  # 600 rows of 300 bytes: about 50 new pages
+            w.begin()
+            w.cursor().executemany("INSERT INTO grow(k, pad) VALUES (?, ?)",
+                                   [(batch * 10 + i + 1, "p" * 300) for i in range(10)])
+            w.commit()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        w.close()
+    assert violations == [] and reads[0] > 0
+    for node in cluster.readers():
+        conn = _connect(_url(node))
+        try:
+            _wait_for(lambda: _scalar(conn, "SELECT count(*) FROM grow") == 600, f"{node.node_id} has all rows")
+            assert _scalar(conn, "SELECT sum(length(pad)) FROM grow") == 600 * 300
+            assert _scalar(conn, "PRAGMA integrity_check") == "ok"
+        finally:
+            conn.close()
+
+
 def test_writes_to_a_replica_are_read_only(replicas):
     conn = _connect(_url(replicas.readers()[0]))
     cur = conn.cursor()

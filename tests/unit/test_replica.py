@@ -47,12 +47,25 @@ def subscribed(storage) -> tuple[Volume, ReplicaDatabase]:
 def test_applies_only_cached_pages_and_only_groups_at_or_below_the_vdl(storage):
     _vol, db = subscribed(storage)
     db.cache.put_fetched(5, 0, page(1), _INF, _INF)          # page 5 is cached, page 6 is not
-    db.on_message(rpb.RedoMessage(groups=[group(2, (5, page(2)), (6, page(3)))], vdl=0))
+    g = group(2, (5, page(2)), (6, page(3)))
+    g.records[1].kind, g.records[1].payload = redo.PAGE_DELTA, _small_delta()
+    db.on_message(rpb.RedoMessage(groups=[g], vdl=0))
     assert db.view == 0 and db.cache.newest(5).data == page(1)  # above the VDL: not applied yet
     db.on_message(rpb.RedoMessage(vdl=2))
     assert db.view == 2
     assert db.cache.get(5, 2) == page(2) and db.cache.get(5, 1) == page(1)
-    assert db.cache.newest(6) is None and db.groups_dropped == 1
+    assert db.cache.newest(6) is None and db.groups_dropped == 1  # a delta needs a base it lacks
+
+
+def test_a_full_image_of_a_page_not_cached_is_kept_from_its_group_on(storage):
+    """A new page (a growing table's next leaf) is read at the view from the cache, not
+    from storage; a read point below its group still goes to storage."""
+    _vol, db = subscribed(storage)
+    db.on_message(rpb.RedoMessage(groups=[group(3, (9, page(7)))], vdl=3))
+    assert db.view == 3 and db.groups_dropped == 0
+    assert db.cache.get(9, 3) == page(7) and db.cache.get(9, 2) is None
+    db.on_message(rpb.RedoMessage(groups=[group(4, (9, page(8)))], vdl=4))  # and later groups apply to it
+    assert db.cache.get(9, 4) == page(8) and db.cache.get(9, 3) == page(7)
 
 
 def test_a_group_becomes_visible_as_a_unit(storage):
@@ -69,9 +82,15 @@ def test_a_group_becomes_visible_as_a_unit(storage):
     assert [db.cache.get(p, 4) for p in (3, 4)] == [page(9), page(9)]
 
 
+def _small_delta() -> bytes:
+    return redo.encode_delta(page(0), b"\x01\x02" + page(0)[2:])
+
+
 def test_a_page_fetched_below_a_group_that_touched_it_is_not_kept_current(storage):
     _vol, db = subscribed(storage)
-    db.on_message(rpb.RedoMessage(groups=[group(3, (7, page(5)))], vdl=3))  # page 7 not cached: dropped
+    g = group(3, (7, page(5)))
+    g.records[0].kind, g.records[0].payload = redo.PAGE_DELTA, _small_delta()
+    db.on_message(rpb.RedoMessage(groups=[g], vdl=3))  # page 7 not cached: its delta is dropped
     db.page_at(7, 0)                     # a read pinned at LSN 0 fetches page 7 as of 0
     assert db.cache.get(7, 0) == b""     # good for that read point ...
     assert db.cache.get(7, 3) is None    # ... but it missed the group at 3: never served as current
