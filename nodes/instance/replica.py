@@ -438,7 +438,7 @@ class ReplicaDatabase(SnapshotDatabase):
                     # The page's whole content from this group on. Without it, reads of the
                     # newest rows went to storage (and off the loop) once per new page: at
                     # 1,000 inserts/s nearly every lag probe (`boreal bench lag`).
-                    cache.put_written(page, g.commit_lsn, r.payload, _INF)
+                    cache.put_image(page, g.commit_lsn, redo.materialize(None, r.kind, r.payload, self.page_size))
                 else:
                     self.groups_dropped += 1
                 continue

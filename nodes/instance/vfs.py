@@ -106,9 +106,11 @@ class PageVersions:
     """Page images by LSN, bounded in bytes.
 
     Per page an ascending list of versions; version i is the page's content for read
-    points in [lsn_i, lsn_{i+1}) and, for the newest, up to its valid_to. Versions the
-    writer made here are current until it replaces them (valid_to = infinity); versions
-    fetched from storage at read point R are only known current up to R.
+    points in [lsn_i, min(lsn_{i+1}, valid_to_i + 1)). Versions the writer made here
+    are current until it replaces them (valid_to = infinity, then the next one's LSN - 1);
+    versions fetched from storage at read point R are only known current up to R, even
+    when a newer version follows (the page may have changed in between: reads there
+    miss and fetch again).
 
     Eviction never drops a version above the VDL (storage could not serve it yet) and
     drops whole pages, least recently used first, so that the lists stay contiguous.
@@ -132,7 +134,7 @@ class PageVersions:
                 self.misses += 1
                 return None
             i = bisect.bisect_right(versions, read_lsn, key=lambda v: v.lsn) - 1
-            if i < 0 or (i == len(versions) - 1 and versions[i].valid_to < read_lsn):
+            if i < 0 or versions[i].valid_to < read_lsn:
                 self.misses += 1
                 return None
             self._pages.move_to_end(page)
@@ -145,16 +147,30 @@ class PageVersions:
             return versions[-1] if versions else None
 
     def put_written(self, page: int, lsn: int, data: bytes, vdl: int) -> None:
-        """A version this writer committed at `lsn`: current until it writes the page again."""
+        """A version this writer committed at `lsn`: current until it writes the page again.
+        It proves the version before it current until lsn - 1 (the one writer wrote the
+        page in between, or it did not change; a replica calls this only on a current
+        newest version)."""
         with self._lock:
             versions = self._pages.setdefault(page, [])
             assert not versions or versions[-1].lsn < lsn, f"page {page}: LSNs only grow ({versions[-1].lsn} >= {lsn})"
-            if versions and versions[-1].valid_to == _INF:
+            if versions:
                 versions[-1].valid_to = lsn - 1
             versions.append(_Version(lsn, data, _INF))
             self.size_bytes += len(data)
             self._pages.move_to_end(page)
             self._evict(vdl)
+
+    def put_image(self, page: int, lsn: int, data: bytes) -> None:
+        """A full image of a page not cached, current from `lsn` (a replica's redo). It
+        goes in at the cold end: a bulk load must not push out the pages reads use (a
+        read moves it to the hot end)."""
+        with self._lock:
+            assert page not in self._pages, f"page {page} is cached already"
+            self._pages[page] = [_Version(lsn, data, _INF)]
+            self._pages.move_to_end(page, last=False)
+            self.size_bytes += len(data)
+            self._evict(_INF)
 
     def put_fetched(self, page: int, page_lsn: int, data: bytes, read_lsn: int, vdl: int) -> None:
         """An image read from storage at read_lsn, whose newest record is page_lsn."""

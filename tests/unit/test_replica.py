@@ -11,8 +11,9 @@ import pytest
 from borealdb.nodes import redo
 from borealdb.nodes.instance.engine import SqlEngine, SqlError
 from borealdb.nodes.instance.replica import ReaderEngine, RedoPublisher, ReplicaDatabase
-from borealdb.nodes.instance.vfs import _INF, VolumeDatabase
+from borealdb.nodes.instance.vfs import _INF, PageVersions, VolumeDatabase
 from borealdb.nodes.volume import Volume, VolumeConfig
+from borealdb.nodes.volume.volume import PageChange
 from borealdb.protos import replica_pb2 as rpb
 
 from tests.unit.inprocess import PAGE, Storage, run
@@ -66,6 +67,40 @@ def test_a_full_image_of_a_page_not_cached_is_kept_from_its_group_on(storage):
     assert db.cache.get(9, 3) == page(7) and db.cache.get(9, 2) is None
     db.on_message(rpb.RedoMessage(groups=[group(4, (9, page(8)))], vdl=4))  # and later groups apply to it
     assert db.cache.get(9, 4) == page(8) and db.cache.get(9, 3) == page(7)
+    db.on_message(rpb.RedoMessage(groups=[group(6, (10, page(6)))], vdl=5))  # above the VDL: not yet
+    assert db.cache.newest(10) is None
+
+
+def test_a_fetch_below_a_kept_image_does_not_hide_a_dropped_delta(storage):
+    """Page 7: a delta at b the replica dropped (not cached), then a full image at c it
+    kept. A read pinned at a < b fetches page 7 as of a, which lands in front of c's
+    version: a read at b must not get it (it lacks b's delta), but fetch as of b."""
+    vol = storage.volume()
+    a = vol.append_group([PageChange(7, redo.FULL_PAGE, page(1))])
+    vol.wait_durable(a, 5)
+    at_b = b"\x09\x09" + page(1)[2:]
+    delta = redo.encode_delta(page(1), at_b)
+    b = vol.append_group([PageChange(7, redo.PAGE_DELTA, delta)])
+    c = vol.append_group([PageChange(7, redo.FULL_PAGE, page(3))])
+    vol.wait_durable(c, 5)
+    db = attach(storage, vol)
+    db.on_hello(rpb.Hello(epoch=vol.epoch, start_lsn=a, pg_tips=[rpb.PgTip(pg=0, lsn=a)]))
+    db.on_message(rpb.RedoMessage(vdl=a))
+    g = group(b, (7, delta))
+    g.records[0].kind = redo.PAGE_DELTA
+    db.on_message(rpb.RedoMessage(groups=[g], vdl=b))                    # dropped: page 7 not cached
+    db.on_message(rpb.RedoMessage(groups=[group(c, (7, page(3)))], vdl=c))  # kept
+    assert db.page_at(7, a) == page(1)
+    assert db.page_at(7, b) == at_b
+    assert db.page_at(7, c) == page(3)
+
+
+def test_a_fetched_version_serves_only_up_to_its_read_point_even_below_a_newer_one():
+    versions = PageVersions(1 << 20)
+    versions.put_fetched(7, 3, page(3), _INF, _INF)  # fetched current: changed at 3
+    versions.put_fetched(7, 1, page(1), 1, _INF)     # fetched at read point 1 (it changed at 2 and 3)
+    assert versions.get(7, 1) == page(1)
+    assert versions.get(7, 2) is None and versions.get(7, 3) == page(3)
 
 
 def test_a_group_becomes_visible_as_a_unit(storage):
