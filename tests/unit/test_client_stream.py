@@ -205,6 +205,7 @@ def test_a_failed_call_breaks_the_stream_with_its_status(serve):
         stream.execute(_req(), timeout_s=30)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "shutting down" in info.value.details()
+    assert not info.value.never_sent  # the server read it: its outcome stays unknown
     assert isinstance(_wire.error_from_rpc(info.value, outcome_unknown=True), errors.OutcomeUnknown)
     assert not stream.usable()
     with pytest.raises(AssertionError):
@@ -320,19 +321,6 @@ def test_a_stream_whose_connection_was_lost_fails_its_next_send_as_never_sent(se
     assert restarted.calls == [["again"]]
     fresh.close()
     stream.close()
-
-
-def test_a_statement_the_server_received_is_not_never_sent(serve):
-    """The call fails after the statement went out: its outcome stays unknown."""
-    def answer(request, context):
-        context.abort(grpc.StatusCode.UNAVAILABLE, "the writer went away")
-
-    _server, channel = serve(answer)
-    stream = _stream.StatementStream(channel)
-    with pytest.raises(_wire.StreamFailed) as info:
-        stream.execute(_req(), timeout_s=30)
-    assert not info.value.never_sent
-    assert isinstance(_wire.error_from_rpc(info.value, outcome_unknown=True), errors.OutcomeUnknown)
 
 
 def _wait_disconnected(channel: grpc.Channel, timeout_s: float = 10.0) -> None:
