@@ -166,7 +166,10 @@ class PageVersions:
         goes in at the cold end: a bulk load must not push out the pages reads use (a
         read moves it to the hot end)."""
         with self._lock:
-            assert page not in self._pages, f"page {page} is cached already"
+            # Any versions already there (none, as the caller checked) give way: reads
+            # below `lsn` then miss and fetch, which is always right.
+            for v in self._pages.pop(page, ()):
+                self.size_bytes -= len(v.data)
             self._pages[page] = [_Version(lsn, data, _INF)]
             self._pages.move_to_end(page, last=False)
             self.size_bytes += len(data)

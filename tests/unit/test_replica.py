@@ -265,3 +265,14 @@ def test_a_replica_that_falls_too_far_behind_is_cut_off_and_the_writer_goes_on(s
         loop.close()
         publisher.stop()
         writer.close()
+
+
+def test_a_kept_image_replaces_what_was_cached_and_starts_cold():
+    versions = PageVersions(1 << 20)
+    versions.put_fetched(7, 1, page(1), 2, _INF)
+    versions.put_fetched(8, 1, page(2), _INF, _INF)
+    versions.put_image(7, 5, page(5))
+    assert next(iter(versions._pages)) == 7  # the cold end: evicted first unless read
+    assert versions.size_bytes == 2 * PAGE
+    assert versions.get(7, 2) is None and versions.get(7, 5) == page(5)  # below it: fetch again
+    assert next(iter(versions._pages)) == 8  # read: now the hot end
