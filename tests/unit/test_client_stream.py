@@ -23,7 +23,8 @@ NEVER = object()  # an answer that never comes (a paused server)
 
 
 class ScriptedServer:
-    """A gRPC server with only Instance/Statements; each request is answered with what
+    """A gRPC server with Instance's Statements (unless statements=False) and the
+    sessions a borealdb.connect() opens; each statement is answered with what
     `answer(request, context)` returns (NEVER: no answer until the call ends; None: the
     stream ends unanswered, with status OK).
     `calls` holds, per stream, the SQL it received; `ended` gets one item per stream
@@ -57,13 +58,14 @@ class ScriptedServer:
     def _statements(self, requests, context):
         seen: list[str] = []
         self.calls.append(seen)
+        over = threading.Event()
+        context.add_callback(over.set)
         context.add_callback(lambda: self.ended.put(seen))
         for request in requests:
             seen.append(request.sql)
             reply = self.answer(request, context)
             if reply is NEVER:
-                while context.is_active():
-                    time.sleep(0.01)  # the server's side of a paused writer
+                over.wait()  # the server's side of a paused writer, until the call ends
                 return
             if reply is None:
                 return
