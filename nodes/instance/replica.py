@@ -85,6 +85,37 @@ def _now_us() -> int:
 # ==== writer side ==========================================================================
 
 
+class _Wakeup:
+    """asyncio.Event for one waiter with a timeout, without wait_for's extra task: set()
+    resumes the waiting stream at the loop's next turn, ahead of work queued after it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._is_set = False
+        self._waiter: asyncio.Future | None = None
+
+    def set(self) -> None:  # on the loop
+        self._is_set = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
+    def clear(self) -> None:
+        self._is_set = False
+
+    async def wait(self, timeout_s: float) -> bool:
+        """True if set, False after timeout_s."""
+        if self._is_set:
+            return True
+        waiter = self._waiter = self._loop.create_future()
+        timer = self._loop.call_later(timeout_s, lambda: waiter.done() or waiter.set_result(False))
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+
 @dataclass
 class _Subscriber:
     replica_id: str
@@ -100,7 +131,7 @@ class _Subscriber:
     def __post_init__(self) -> None:
         self.groups: deque[rpb.RedoGroup] = deque()
         self.bytes = 0
-        self.wake: asyncio.Event | None = None   # set on the loop: something to send
+        self.wake: _Wakeup | None = None          # set on the loop: something to send
         self.wake_pending = False                 # a cross-thread wake-up is already queued
 
 
@@ -189,7 +220,7 @@ class RedoPublisher(rpbg.RedoStreamServicer):
         except StopAsyncIteration:
             return
         sub = _Subscriber(first.replica_id or context.peer(), first.az, first.address)
-        sub.wake = asyncio.Event()
+        sub.wake = _Wakeup(asyncio.get_running_loop())
         with self._lock:
             full = len([s for s in self._subs if not s.closed]) >= self.max_replicas
             if not full:
@@ -215,10 +246,8 @@ class RedoPublisher(rpbg.RedoStreamServicer):
                 vdl = min(self.volume.vdl, max(self.last_published, start))
                 if not (sub.groups or sub.lost or vdl > sent_vdl):
                     sub.wake.clear()
-                    try:  # with nothing new, a heartbeat (the VDL again) every heartbeat_s
-                        await asyncio.wait_for(sub.wake.wait(), self.heartbeat_s)
-                    except asyncio.TimeoutError:
-                        pass
+                    # With nothing new, a heartbeat (the VDL again) every heartbeat_s.
+                    await sub.wake.wait(self.heartbeat_s)
                     vdl = min(self.volume.vdl, max(self.last_published, start))
                 if self._stopped or sub.closed or sub.lost:
                     break

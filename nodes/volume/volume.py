@@ -737,12 +737,15 @@ class Volume:
             if moved:
                 done = self._after_advance()
             advanced = self._vdl_cache > before
-        for fut, vdl in done:
-            if not fut.done():
-                fut.set_result(vdl)
+        # Listeners first: they only wake the replicas' redo streams, which then send
+        # before the commits' replies are written (a replica sees a row sooner after
+        # its client was told; `boreal bench lag`).
         if advanced:
             for fn in self._vdl_listeners:
                 fn(self._vdl_cache)
+        for fut, vdl in done:
+            if not fut.done():
+                fut.set_result(vdl)
 
     def _after_advance(self) -> list[tuple[cf.Future, int]]:
         """Under the lock: publish VCL/VDL, release byte budget, collect satisfied waiters."""

@@ -10,7 +10,7 @@ import pytest
 
 from borealdb.nodes import redo
 from borealdb.nodes.instance.engine import SqlEngine, SqlError
-from borealdb.nodes.instance.replica import ReaderEngine, RedoPublisher, ReplicaDatabase
+from borealdb.nodes.instance.replica import ReaderEngine, RedoPublisher, ReplicaDatabase, _Wakeup
 from borealdb.nodes.instance.vfs import _INF, PageVersions, VolumeDatabase
 from borealdb.nodes.volume import Volume, VolumeConfig
 from borealdb.nodes.volume.volume import PageChange
@@ -276,3 +276,20 @@ def test_a_kept_image_replaces_what_was_cached_and_starts_cold():
     assert versions.size_bytes == 2 * PAGE
     assert versions.get(7, 2) is None and versions.get(7, 5) == page(5)  # below it: fetch again
     assert next(iter(versions._pages)) == 8  # read: now the hot end
+
+
+def test_a_stream_wakeup_is_kept_until_cleared_and_a_wait_times_out():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        wake = _Wakeup(loop)
+        assert await wake.wait(0.001) is False          # nothing to send: the heartbeat's timeout
+        wake.set()
+        assert await wake.wait(10) is True              # set before the wait: returns at once
+        wake.clear()
+        waiter = asyncio.ensure_future(wake.wait(10))
+        await asyncio.sleep(0)                          # the stream now waits
+        loop.call_soon(wake.set)                        # as a VDL advance on the loop does
+        assert await asyncio.wait_for(waiter, 5) is True
+        assert wake._waiter is None                     # its timer is cancelled with it
+
+    asyncio.run(scenario())

@@ -405,6 +405,33 @@ def test_open_create_if_missing_and_durable_future(nodes):
     vol2.close()
 
 
+def test_vdl_listeners_run_before_the_commits_waiting_for_that_vdl_are_released(nodes):
+    """The replicas' streams (VDL listeners) are woken before the committers' replies,
+    so a replica learns of a commit no later than its client."""
+    vol = Volume.open(nodes.config(), nodes.transport, create_if_missing=True)
+    released_first: list[int] = []   # VDLs whose waiting commits were released before the listener ran
+    waiting: list = []               # (lsn, durable future) of the commit in flight
+    advances = [0]
+
+    def listener(vdl: int) -> None:
+        advances[0] += 1
+        if any(f.done() for lsn, f in list(waiting) if lsn <= vdl):
+            released_first.append(vdl)
+
+    vol.add_vdl_listener(listener)
+    rng = random.Random(3)
+    model: dict[int, bytes] = {}
+    for i in range(30):
+        lsn = write(vol, model, rng, [i % 4])
+        fut = vol.durable_future(lsn)
+        waiting.append((lsn, fut))
+        fut.result(5)
+        waiting.clear()
+    assert advances[0] >= 10, advances
+    assert released_first == []
+    vol.close()
+
+
 class TimerTransport(InProcessTransport):
     """InProcessTransport with the timer the group commit delay needs; timers fire only when
     the test says so."""
