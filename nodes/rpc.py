@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from typing import Any
 
@@ -17,6 +18,17 @@ def node_environment(env: dict[str, str]) -> dict[str, str]:
     imported, so the launchers put them in each node's environment."""
     _grpc_env.with_settings(env)
     return env
+
+
+def freeze_startup_objects() -> int:
+    """Call once a node is ready to serve: the objects made so far (modules, classes,
+    protobuf descriptors, gRPC, the node's long-lived structures) move out of the cyclic
+    garbage collector's reach, so a full collection walks only what serving allocated.
+    Why: full collections stopped a writer's loop for 15-17 ms several times a minute,
+    a tail of replica lag (`boreal bench lag`); after this, 5.5 ms. Returns how many."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 SERVER_OPTIONS = [

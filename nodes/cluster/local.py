@@ -9,8 +9,13 @@ the harness behind every integration test.
     LocalCluster(tmp_path, instances=False)          # storage nodes only
 
 Every node is a child process (`python -m borealdb.nodes.cli storage-node ...`, or
-`... instance-node ...` for the writer and readers) in its own session and process
-group, logging to `<data_dir>/node.log`. Storage nodes are started (and waited
+`... instance-node ...` for the writer and readers) in its own process group (so
+the terminal's Ctrl-C reaches only the launcher; nodes ignore SIGHUP), logging to
+`<data_dir>/node.log`. Nodes stay in the launcher's session on purpose: with the
+kernel's autogroup scheduling (the default on most desktops and servers) every
+session is a scheduling group of its own, and nine groups on a 2-core machine made a
+lightly loaded replica wait up to 45-60 ms for a CPU while the others were busy
+(replica lag p99 4.4-6.7 ms in one group, 8-18 ms in nine; `boreal bench lag`). Storage nodes are started (and waited
 for) before instances, and instances are stopped before storage nodes. The cluster
 writes `<base_dir>/cluster.json` (atomically, on every start and restart) so that
 `boreal status`/`boreal down` and other processes can find it.
@@ -191,7 +196,7 @@ def wait_pid_gone(pid: int, timeout_s: float) -> bool:
 
 
 def _signal_group(pid: int, sig: int) -> None:
-    """Signal the node's process group (it leads its own session), or the pid alone."""
+    """Signal the node's process group (it leads its own), or the pid alone."""
     try:
         os.killpg(pid, sig)
     except ProcessLookupError:
@@ -419,7 +424,7 @@ class Node:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    start_new_session=True,  # own session and process group; survives the CLI
+                    process_group=0,  # own process group, the launcher's session (module docstring)
                     pass_fds=pass_fds,
                     env=env,
                     cwd=str(self.data_dir),

@@ -37,7 +37,7 @@ from borealdb.nodes.instance.replica import ReaderEngine, RedoPublisher, Replica
 from borealdb.nodes.instance.vfs import VolumeDatabase
 from borealdb.nodes.log import configure_logging
 from borealdb.nodes.metrics import start_metrics_server
-from borealdb.nodes.rpc import SERVER_OPTIONS, AioServer
+from borealdb.nodes.rpc import SERVER_OPTIONS, AioServer, freeze_startup_objects
 from borealdb.nodes.volume.transport import GrpcTransport
 from borealdb.nodes.volume.volume import Volume, VolumeConfig
 from borealdb.protos import replica_pb2_grpc as rpbg
@@ -756,6 +756,7 @@ def serve(node_id: str, az: str, listen: str, storage_nodes: list, volume_id: st
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # outlive the terminal (nodes share its session)
     if role == "reader":
         return _serve_reader(log, node_id, az, listen, storage_nodes, writer, volume_id, metrics_listen, options, stop)
     t0 = time.monotonic()
@@ -763,9 +764,11 @@ def serve(node_id: str, az: str, listen: str, storage_nodes: list, volume_id: st
                                                      volume_overrides=volume_overrides)
     metrics_port = start_metrics_server(metrics_listen) if metrics_listen else None
     rec = engine.volume.recovery
+    frozen = freeze_startup_objects()
     log.info("instance_started", listen=listen, port=port, metrics_port=metrics_port, volume=volume_id,
              epoch=engine.volume.epoch, vdl=engine.volume.vdl, read_only=engine.volume.read_only,
-             recovery_ms=round(rec.duration_ms, 1) if rec else None, startup_ms=round((time.monotonic() - t0) * 1000, 1))
+             recovery_ms=round(rec.duration_ms, 1) if rec else None, startup_ms=round((time.monotonic() - t0) * 1000, 1),
+             gc_frozen_objects=frozen)
     try:
         while not stop.wait(0.5):
             if engine.fenced_reason is not None or engine.volume.fenced:
@@ -792,8 +795,10 @@ def _serve_reader(log, node_id, az, listen, storage_nodes, writer, volume_id, me
                                                        volume_id=volume_id, options=options, stop=stop)
     except TimeoutError:
         return
+    frozen = freeze_startup_objects()
     log.info("instance_started", listen=listen, port=port, metrics_port=metrics_port, volume=volume_id, writer=writer,
-             epoch=engine.db.epoch, read_lsn=engine.db.view, startup_ms=round((time.monotonic() - t0) * 1000, 1))
+             epoch=engine.db.epoch, read_lsn=engine.db.view, startup_ms=round((time.monotonic() - t0) * 1000, 1),
+             gc_frozen_objects=frozen)
     try:
         stop.wait()
     finally:

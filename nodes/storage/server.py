@@ -17,7 +17,7 @@ from concurrent import futures
 
 import grpc
 
-from borealdb.nodes.rpc import CLIENT_CHANNEL_OPTIONS, SERVER_OPTIONS, AioServer
+from borealdb.nodes.rpc import CLIENT_CHANNEL_OPTIONS, SERVER_OPTIONS, AioServer, freeze_startup_objects
 
 from borealdb.nodes.log import configure_logging
 from borealdb.nodes.metrics import start_metrics_server
@@ -273,8 +273,10 @@ def serve(node_id: str, az: str, listen: str, data_dir: str, metrics_listen: str
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # outlive the terminal (nodes share its session)
+    frozen = freeze_startup_objects()
     log.info("storage_node_started", listen=listen, port=port, metrics_port=metrics_port, data=data_dir,
-             segments=len(engine._all_segments()))
+             segments=len(engine._all_segments()), gc_frozen_objects=frozen)
     try:
         while not stop.wait(0.5):
             pass

@@ -86,6 +86,16 @@ def test_up_detach_status_down(server_env, data_dir):
     assert [n.metrics_address for n in state.nodes] == [f"127.0.0.1:{base + 100 + i}" for i in [*range(6), 10, 11, 12]]
     assert [n.role for n in state.nodes] == ["storage"] * 6 + ["writer", "reader", "reader"]
     assert state.writer_address() == f"127.0.0.1:{base + 10}"
+    real = {"storage": "BOREAL_STORAGE_SERVER_MODULE" not in server_env,
+            "writer": "BOREAL_INSTANCE_SERVER_MODULE" not in server_env}
+    real["reader"] = real["writer"]
+    for n in state.nodes:  # each leads a process group, in the launcher's session (one scheduling group)
+        assert (os.getpgid(n.pid), os.getsid(n.pid)) == (n.pid, os.getsid(0))
+        if real[n.role]:
+            [started] = [json.loads(line) for line in Path(n.log_path).read_text().splitlines()
+                         if line.endswith("}") and '_started"' in line]
+            assert started["gc_frozen_objects"] > 1000, "startup objects are out of the collector's reach"
+            os.kill(n.pid, signal.SIGHUP)  # as when the terminal closes: nodes outlive it (status below)
 
     r = boreal(server_env, "status", "--data", str(data_dir))
     assert r.returncode == 0, r.stderr + r.stdout
