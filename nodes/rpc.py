@@ -25,7 +25,11 @@ def freeze_startup_objects() -> int:
     protobuf descriptors, gRPC, the node's long-lived structures) move out of the cyclic
     garbage collector's reach, so a full collection walks only what serving allocated.
     Why: full collections stopped a writer's loop for 15-17 ms several times a minute,
-    a tail of replica lag (`boreal bench lag`); after this, 5.5 ms. Returns how many."""
+    a tail of replica lag (`boreal bench lag`); after this, 5.5 ms. Returns how many.
+    Only for a node's own process (its main thread): a node run in a thread of another
+    program leaves that program's heap alone (returns 0)."""
+    if threading.current_thread() is not threading.main_thread():
+        return 0
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()

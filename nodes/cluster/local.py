@@ -15,7 +15,12 @@ the terminal's Ctrl-C reaches only the launcher; nodes ignore SIGHUP), logging t
 kernel's autogroup scheduling (the default on most desktops and servers) every
 session is a scheduling group of its own, and nine groups on a 2-core machine made a
 lightly loaded replica wait up to 45-60 ms for a CPU while the others were busy
-(replica lag p99 4.4-6.7 ms in one group, 8-18 ms in nine; `boreal bench lag`). Storage nodes are started (and waited
+(replica lag p99 4.4-6.7 ms in one group, 8-18 ms in nine; `boreal bench lag`).
+The trade-off: the cluster shares one CPU share with the rest of the launcher's
+session (with `boreal up --detach`, the terminal's other jobs) against other sessions.
+A paused node (SIGSTOP) whose launcher exits is resumed by the kernel (SIGHUP, which
+nodes ignore, then SIGCONT): with exit_with_parent it then sees its parent gone and
+exits; a detached paused node just runs on. Storage nodes are started (and waited
 for) before instances, and instances are stopped before storage nodes. The cluster
 writes `<base_dir>/cluster.json` (atomically, on every start and restart) so that
 `boreal status`/`boreal down` and other processes can find it.

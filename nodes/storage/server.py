@@ -264,16 +264,16 @@ def serve(node_id: str, az: str, listen: str, data_dir: str, metrics_listen: str
           options: StorageOptions | None = None, stop_event: threading.Event | None = None) -> None:
     """Run a storage node until SIGTERM/SIGINT (or stop_event), then shut down cleanly."""
     log = configure_logging(node_id=node_id, az=az, role="storage")
-    engine = StorageEngine(node_id, az, listen, data_dir, options or StorageOptions()).open()
     stop = stop_event or threading.Event()
+    if threading.current_thread() is threading.main_thread():  # before it answers: a stop then stops it cleanly
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # outlive the terminal (nodes share its session)
+    engine = StorageEngine(node_id, az, listen, data_dir, options or StorageOptions()).open()
     server, port = start_server(engine, listen)
     engine.address = listen if not listen.endswith(":0") else f"{listen.rsplit(':', 1)[0]}:{port}"
     metrics_port = start_metrics_server(metrics_listen) if metrics_listen else None
     engine.start_background(GrpcPeer)
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # outlive the terminal (nodes share its session)
     frozen = freeze_startup_objects()
     log.info("storage_node_started", listen=listen, port=port, metrics_port=metrics_port, data=data_dir,
              segments=len(engine._all_segments()), gc_frozen_objects=frozen)

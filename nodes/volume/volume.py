@@ -686,8 +686,9 @@ class Volume:
 
     def add_vdl_listener(self, fn) -> None:
         """Call fn(vdl) after every VDL advance, on the thread that processed the acks
-        (the transport's): cheaper than a durable_future per commit for a follower of
-        every advance (the replicas' redo streams). fn must not block."""
+        (the transport's), before the commits waiting for that VDL are released:
+        cheaper than a durable_future per commit for a follower of every advance (the
+        replicas' redo streams). fn must not block; an exception it raises is logged."""
         self._vdl_listeners.append(fn)
 
     def _prune_pg_lsns(self, lsns: list[int]) -> None:
@@ -739,13 +740,19 @@ class Volume:
             advanced = self._vdl_cache > before
         # Listeners first: they only wake the replicas' redo streams, which then send
         # before the commits' replies are written (a replica sees a row sooner after
-        # its client was told; `boreal bench lag`).
-        if advanced:
-            for fn in self._vdl_listeners:
-                fn(self._vdl_cache)
-        for fut, vdl in done:
-            if not fut.done():
-                fut.set_result(vdl)
+        # its client was told; `boreal bench lag`). A failing listener must not keep
+        # durable commits waiting.
+        try:
+            if advanced:
+                for fn in self._vdl_listeners:
+                    try:
+                        fn(self._vdl_cache)
+                    except Exception as exc:  # noqa: BLE001 - logged; the commits go on
+                        self._log.error("vdl_listener_failed", error=repr(exc), vdl=self._vdl_cache)
+        finally:
+            for fut, vdl in done:
+                if not fut.done():
+                    fut.set_result(vdl)
 
     def _after_advance(self) -> list[tuple[cf.Future, int]]:
         """Under the lock: publish VCL/VDL, release byte budget, collect satisfied waiters."""

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from borealdb.nodes.cluster import local
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -92,9 +93,11 @@ def test_up_detach_status_down(server_env, data_dir):
     for n in state.nodes:  # each leads a process group, in the launcher's session (one scheduling group)
         assert (os.getpgid(n.pid), os.getsid(n.pid)) == (n.pid, os.getsid(0))
         if real[n.role]:
-            [started] = [json.loads(line) for line in Path(n.log_path).read_text().splitlines()
-                         if line.endswith("}") and '_started"' in line]
-            assert started["gc_frozen_objects"] > 1000, "startup objects are out of the collector's reach"
+            def started(log=Path(n.log_path)):  # logged just after the node first answers
+                return [json.loads(line) for line in log.read_text().splitlines()
+                        if line.endswith("}") and '_started"' in line]
+            [line] = wait_until(started, 30, f"{n.node_id} logging that it started")
+            assert line["gc_frozen_objects"] > 1000, "startup objects are out of the collector's reach"
             os.kill(n.pid, signal.SIGHUP)  # as when the terminal closes: nodes outlive it (status below)
 
     r = boreal(server_env, "status", "--data", str(data_dir))

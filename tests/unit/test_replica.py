@@ -291,5 +291,13 @@ def test_a_stream_wakeup_is_kept_until_cleared_and_a_wait_times_out():
         loop.call_soon(wake.set)                        # as a VDL advance on the loop does
         assert await asyncio.wait_for(waiter, 5) is True
         assert wake._waiter is None                     # its timer is cancelled with it
+        wake.clear()
+        waiter = asyncio.ensure_future(wake.wait(10))   # a stream closed while it waits
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert wake._waiter is None
+        wake.set()                                      # a later advance finds no waiter: no error
 
     asyncio.run(scenario())
