@@ -15,7 +15,8 @@ the terminal's Ctrl-C reaches only the launcher; nodes ignore SIGHUP), logging t
 kernel's autogroup scheduling (the default on most desktops and servers) every
 session is a scheduling group of its own, and nine groups on a 2-core machine made a
 lightly loaded replica wait up to 45-60 ms for a CPU while the others were busy
-(replica lag p99 4.4-6.7 ms in one group, 8-18 ms in nine; `boreal bench lag`).
+(`boreal bench lag`, 2 interleaved pairs: replica lag p99 at 1,000 writes/s 5.3 and
+6.5 ms in one group, 14.1 and 31.3 ms in nine).
 The trade-off: the cluster shares one CPU share with the rest of the launcher's
 session (with `boreal up --detach`, the terminal's other jobs) against other sessions.
 A paused node (SIGSTOP) whose launcher exits is resumed by the kernel (SIGHUP, which

@@ -742,17 +742,15 @@ class Volume:
         # before the commits' replies are written (a replica sees a row sooner after
         # its client was told; `boreal bench lag`). A failing listener must not keep
         # durable commits waiting.
-        try:
-            if advanced:
-                for fn in self._vdl_listeners:
-                    try:
-                        fn(self._vdl_cache)
-                    except Exception as exc:  # noqa: BLE001 - logged; the commits go on
-                        self._log.error("vdl_listener_failed", error=repr(exc), vdl=self._vdl_cache)
-        finally:
-            for fut, vdl in done:
-                if not fut.done():
-                    fut.set_result(vdl)
+        if advanced:
+            for fn in self._vdl_listeners:
+                try:
+                    fn(self._vdl_cache)
+                except Exception as exc:  # noqa: BLE001 - logged; the commits go on
+                    self._log.error("vdl_listener_failed", error=repr(exc), vdl=self._vdl_cache)
+        for fut, vdl in done:
+            if not fut.done():
+                fut.set_result(vdl)
 
     def _after_advance(self) -> list[tuple[cf.Future, int]]:
         """Under the lock: publish VCL/VDL, release byte budget, collect satisfied waiters."""
