@@ -438,10 +438,19 @@ class ReplicaDatabase(SnapshotDatabase):
             if vdl < self._min_next_view or (vdl <= self.view and self.ready):
                 return
             last = None
-            while self._pending and self._pending[0].commit_lsn <= vdl:
-                last = self._pending.popleft()
-                self._apply_locked(last)
-                M_LAG.observe(max(0.0, (now_us - last.commit_time_us) / 1e6))
+            try:
+                while self._pending and self._pending[0].commit_lsn <= vdl:
+                    last = self._pending.popleft()
+                    self._apply_locked(last)
+                    M_LAG.observe(max(0.0, (now_us - last.commit_time_us) / 1e6))
+            except BaseException:
+                # Part of a group may be in the cache: that breaks "all of a group or
+                # none". Reads go on at the view from storage; the next subscription
+                # starts afresh (received_lsn matches no start_lsn), never continues.
+                self._drop_cache_locked(f"a redo group failed to apply (commit lsn {last.commit_lsn if last else '?'})")
+                self._pending.clear()
+                self.received_lsn = -1
+                raise
             if last is not None:
                 self.lag_ms = max(0.0, (now_us - last.commit_time_us) / 1000)
             self.view = max(self.view, vdl)

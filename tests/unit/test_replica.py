@@ -117,6 +117,22 @@ def test_a_group_becomes_visible_as_a_unit(storage):
     assert [db.cache.get(p, 4) for p in (3, 4)] == [page(9), page(9)]
 
 
+def test_a_group_that_fails_to_apply_drops_the_cache_and_the_stream_starts_afresh(storage):
+    vol, db = subscribed(storage)
+    for p in (3, 4):
+        db.cache.put_fetched(p, 0, page(0), _INF, _INF)
+    g = group(2, (3, page(7)), (4, b"not a delta"))
+    g.records[1].kind = redo.PAGE_DELTA
+    with pytest.raises(Exception):
+        db.on_message(rpb.RedoMessage(groups=[g], vdl=2))
+    assert db.view == 0                                   # the group never became visible
+    assert db.cache.newest(3) is None                     # nor its first page, applied alone
+    assert db.cache_drops == 1
+    assert not db.on_hello(rpb.Hello(epoch=vol.epoch, start_lsn=2)), "a resubscription must not continue it"
+    db.on_message(rpb.RedoMessage(vdl=2))
+    assert db.view == 2
+
+
 def _small_delta() -> bytes:
     return redo.encode_delta(page(0), b"\x01\x02" + page(0)[2:])
 
