@@ -8,7 +8,11 @@ messages put under a commit, with no borealdb code on either side:
 - unary: N client threads (the synchronous API, as the `borealdb` client uses) call an
   echo method of a grpc.aio server (as every node runs) with a 100-byte payload;
 - stream: one bidirectional stream (as the writer's AppendStream to a storage node),
-  the client keeping N messages of 1 KiB in flight and the server answering each one.
+  the client keeping N messages of 1 KiB in flight and the server answering each one;
+- after idle: one client thread makes unary calls with a pause of G ms before each
+  (`--idle-gaps-ms`), as a replica's reader or a lag probe does. The round trip of a
+  call that follows a pause is what a query on a quiet connection pays; on a virtual
+  machine it is several times the back-to-back figure (idle CPUs, cold caches).
 
 The server runs in a separate process (spawned, so no gRPC state is inherited), on
 127.0.0.1 and an ephemeral port. Both sides run with the gRPC poller every borealdb
@@ -80,6 +84,43 @@ def _serve(port_out, stop) -> None:
         await server.stop(None)
 
     asyncio.run(main())
+
+
+@dataclass
+class IdleResult:
+    kind: str            # "after idle"
+    gap_ms: float        # the pause before each call
+    calls: int
+    p50_ms: float
+    p99_ms: float
+
+
+def _measure_after_idle(address: str, gap_ms: float, calls: int) -> IdleResult:
+    import grpc
+
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary(f"/{SERVICE}/Echo")
+        call(UNARY_PAYLOAD, timeout=10)  # connected before the first pause
+        latencies = []
+        for _ in range(calls):
+            if gap_ms:
+                time.sleep(gap_ms / 1000)
+            t0 = time.perf_counter()
+            call(UNARY_PAYLOAD, timeout=10)
+            latencies.append(time.perf_counter() - t0)
+    latencies.sort()
+    return IdleResult("after idle", gap_ms, calls, round(percentile(latencies, 0.5) * 1000, 3),
+                      round(percentile(latencies, 0.99) * 1000, 3))
+
+
+def _gaps_ms(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated milliseconds, got {text!r}") from None
+    if any(not 0 <= v <= 1000 for v in values):
+        raise argparse.ArgumentTypeError(f"each gap must be in 0..1000 ms, got {text!r}")
+    return values
 
 
 def _server_cpu_s(channel) -> float:
@@ -168,10 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=_positive_ints, default=[1, 8],
                    help="comma-separated levels: client threads (unary) and messages in flight (stream); default 1,8")
     p.add_argument("--duration-s", type=float, default=5.0, help="seconds per measurement (default: 5)")
+    p.add_argument("--idle-gaps-ms", type=_gaps_ms, default=[0.0, 5.0, 20.0, 40.0],
+                   help="pauses before each call of the after-idle measurement (default 0,5,20,40; '' skips it)")
+    p.add_argument("--idle-calls", type=int, default=100, help="calls per pause (default 100)")
     p.add_argument("--json", action="store_true", help="one JSON object per measurement instead of a table")
     args = p.parse_args(argv)
     if not 0 < args.duration_s <= 3600:
         p.error("--duration-s must be in (0, 3600]")
+    if not 1 <= args.idle_calls <= 100_000:
+        p.error("--idle-calls must be in 1..100000")
 
     ctx = multiprocessing.get_context("spawn")
     port_out, stop = ctx.Queue(), ctx.Event()
@@ -190,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(_measure_unary(address, level, args.duration_s))
         for level in args.concurrency:
             results.append(_measure_stream(address, level, args.duration_s))
+        idle = [_measure_after_idle(address, gap, args.idle_calls) for gap in args.idle_gaps_ms]
     finally:
         stop.set()
         server.join(timeout=10)
@@ -197,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             server.kill()
             server.join(timeout=5)
     if args.json:
-        for r in results:
+        for r in [*results, *idle]:
             print(json.dumps(asdict(r)))
         return 0
     print_table(["KIND", "IN FLIGHT", "MSGS/S", "P50 MS", "P99 MS", "SERVER CPU MS/MSG", "CLIENT CPU MS/MSG", "MSGS"],
@@ -205,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
                   r.client_cpu_ms_per_message, r.messages] for r in results])
     print("\nunary: client threads (sync API) -> grpc.aio server; stream: one bidirectional stream, "
           "each message answered. CPU: process time of each side per message.")
+    if idle:
+        print(f"\nunary round trip after a pause (one client thread, {args.idle_calls} calls per pause)")
+        print_table(["PAUSE MS", "CALLS", "P50 MS", "P99 MS"], [[r.gap_ms, r.calls, r.p50_ms, r.p99_ms] for r in idle])
     return 0
 
 

@@ -212,19 +212,26 @@ def test_bench_rpc_measures_real_messages():
     # A real echo server process on 127.0.0.1 and real calls, briefly: every measurement
     # reports messages it actually exchanged and CPU spent on both sides.
     out = subprocess.run([sys.executable, "-m", "borealdb.nodes.cli", "bench", "rpc", "--concurrency", "2",
-                          "--duration-s", "0.3", "--json"], capture_output=True, text=True, timeout=120)
+                          "--duration-s", "0.3", "--idle-gaps-ms", "0,2", "--idle-calls", "5", "--json"],
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
-    assert [(r["kind"], r["in_flight"]) for r in rows] == [("unary", 2), ("stream", 2)]
-    for r in rows:
+    assert [(r["kind"], r.get("in_flight", r.get("gap_ms"))) for r in rows] == [
+        ("unary", 2), ("stream", 2), ("after idle", 0), ("after idle", 2)]
+    for r in rows[:2]:
         assert r["messages"] > 0 and r["messages_per_s"] > 0
         assert r["server_cpu_ms_per_message"] > 0 and r["client_cpu_ms_per_message"] > 0
+    for r in rows[2:]:
+        assert r["calls"] == 5 and 0 < r["p50_ms"] <= r["p99_ms"]
 
 
 @pytest.mark.parametrize("args, message", [
     (["--concurrency", "0"], "1..256"),
     (["--concurrency", "a,b"], "comma-separated integers"),
     (["--duration-s", "0"], "--duration-s"),
+    (["--idle-gaps-ms", "-1"], "0..1000 ms"),
+    (["--idle-gaps-ms", "x"], "comma-separated milliseconds"),
+    (["--idle-calls", "0"], "--idle-calls"),
 ])
 def test_bench_rpc_bad_arguments(capsys, args, message):
     with pytest.raises(SystemExit) as e:  # argparse's usage error, before any process starts
