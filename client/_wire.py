@@ -387,7 +387,7 @@ ERROR_CLASSES: dict[str, type[errors.Error]] = {
 _STATUS_CLASSES: dict[str, type[errors.Error]] = {
     "UNAVAILABLE": errors.Unavailable,
     "DEADLINE_EXCEEDED": errors.Unavailable,
-    "RESOURCE_EXHAUSTED": errors.TooLarge,  # e.g. a message over the 64 MiB limit
+    "RESOURCE_EXHAUSTED": errors.Unavailable,  # "Concurrent RPC limit exceeded!": retry later (sizes: below)
     "INVALID_ARGUMENT": errors.InvalidRequest,
     "UNIMPLEMENTED": errors.NotSupportedError,
     "INTERNAL": errors.InternalError,
@@ -455,6 +455,8 @@ def error_from_rpc(err: Any, *, outcome_unknown: bool = False, what: str = "") -
         )
     else:
         cls = _STATUS_CLASSES.get(status, errors.OperationalError)
+        if status == "RESOURCE_EXHAUSTED" and "larger than max" in details:
+            cls = errors.TooLarge  # gRPC's message size limit (64 MiB), either side
         prefix = f"{what}: " if what else ""
         exc = cls(f"{prefix}{status}: {details}" if details else f"{prefix}{status}", sqlite_code=sqlite_code)
     exc.in_transaction = in_tx  # type: ignore[attr-defined]

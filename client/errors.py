@@ -15,7 +15,7 @@ classes, and adds precise subclasses for the failures of a distributed volume:
         ├── NotSupportedError
         ├── InternalError
         └── OperationalError           SQL errors as sqlite3 reports them (syntax error, no such table)
-            ├── Unavailable            a node could not be reached; the request may be retried
+            ├── Unavailable            a node could not be reached or is overloaded; the request may be retried
             ├── QuorumLost             too few segments answered: a write or read quorum is missing
             ├── StaleEpoch             a newer writer took over: this one is fenced
             ├── VolumeFull             the volume reached its configured maximum size

@@ -233,7 +233,6 @@ def test_a_request_that_never_left_is_unavailable_even_for_a_commit():
 
 
 @pytest.mark.parametrize("status, cls", [
-    (grpc.StatusCode.RESOURCE_EXHAUSTED, errors.TooLarge),
     (grpc.StatusCode.INVALID_ARGUMENT, errors.InvalidRequest),
     (grpc.StatusCode.UNIMPLEMENTED, errors.NotSupportedError),
     (grpc.StatusCode.INTERNAL, errors.InternalError),
@@ -242,6 +241,17 @@ def test_a_request_that_never_left_is_unavailable_even_for_a_commit():
 def test_status_without_server_code(status, cls):
     exc = _wire.error_from_rpc(FakeRpcError(status, "boom"), outcome_unknown=True)
     assert type(exc) is cls and "boom" in str(exc)
+
+
+@pytest.mark.parametrize("details, cls", [
+    ("SERVER: Received message larger than max (70000000 vs. 67108864)", errors.TooLarge),
+    ("CLIENT: Sent message larger than max (70000000 vs. 67108864)", errors.TooLarge),
+    ("Concurrent RPC limit exceeded!", errors.Unavailable),  # an overloaded server: retry later
+])
+def test_resource_exhausted_is_too_large_only_for_gRPCs_size_limit(details, cls):
+    # The details are gRPC's own (grpcio 1.85, checked against a real server).
+    exc = _wire.error_from_rpc(FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, details), outcome_unknown=True)
+    assert type(exc) is cls and details in str(exc)
 
 
 def test_bytes_metadata_and_broken_call_objects():
