@@ -10,9 +10,9 @@ messages put under a commit, with no borealdb code on either side:
 - stream: one bidirectional stream (as the writer's AppendStream to a storage node),
   the client keeping N messages of 1 KiB in flight and the server answering each one;
 - after idle: one client thread makes unary calls with a pause of G ms before each
-  (`--idle-gaps-ms`), as a replica's reader or a lag probe does. The round trip of a
-  call that follows a pause is what a query on a quiet connection pays; on a virtual
-  machine it is several times the back-to-back figure (idle CPUs, cold caches).
+  (`--idle-gaps-ms`), as the `boreal bench lag` probe's SELECT on a connection that was
+  quiet for ~40 ms. On the 2-core virtual machine of README.md's figures a call after
+  a 40 ms pause took 4-6 times as long as back to back.
 
 The server runs in a separate process (spawned, so no gRPC state is inherited), on
 127.0.0.1 and an ephemeral port. Both sides run with the gRPC poller every borealdb
