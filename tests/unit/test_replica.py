@@ -123,7 +123,7 @@ def test_a_group_that_fails_to_apply_drops_the_cache_and_the_stream_starts_afres
         db.cache.put_fetched(p, 0, page(0), _INF, _INF)
     g = group(2, (3, page(7)), (4, b"not a delta"))
     g.records[1].kind = redo.PAGE_DELTA
-    with pytest.raises(Exception):
+    with pytest.raises(redo.DeltaError):                  # the malformed record, not some other failure
         db.on_message(rpb.RedoMessage(groups=[g], vdl=2))
     assert db.view == 0                                   # the group never became visible
     assert db.cache.newest(3) is None                     # nor its first page, applied alone
