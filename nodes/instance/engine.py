@@ -233,6 +233,13 @@ class SqlEngine:
         with self._sessions_lock:
             return len(self._sessions)
 
+    def more_commits_possible(self) -> bool:
+        """The writer's group commit hint (Volume.set_commit_hint): whether some open
+        session has no commit waiting to be durable, so could still commit into the
+        batch. A session waits for its commit before its next statement, so it has at
+        most one; a wrong answer only moves one batch's send time."""
+        return self.session_count() > self.volume.undurable_commits
+
     def _reap_loop(self) -> None:
         while not self._stop.wait(1.0):
             now = time.monotonic()

@@ -692,6 +692,7 @@ def start_instance(node_id: str, az: str, listen: str, storage_nodes: list, *, v
     engine = SqlEngine(db, node_id=node_id, options=options)
     service = InstanceService(engine, node_id, az, "writer", transport.loop)
     service.publisher = engine.publisher = RedoPublisher(db, node_id)
+    volume.set_commit_hint(engine.more_commits_possible)
     try:
         server, port = _start_server(transport.loop, listen, service, options, service.publisher)
     except OSError:

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -92,12 +92,14 @@ class VolumeConfig:
     # group of the last batch, or of the queue if only it holds enough (the more commits
     # overlap, the more a wait gathers and the more CPU it saves), at most
     # group_commit_delay_s (0 disables; per group 0: always the maximum). Few clients never
-    # wait. Per Append both sides pay a fixed CPU cost (`boreal bench rpc`), so fuller
-    # batches leave more CPU to commit with; a longer wait costs latency (why 0.5 ms and
-    # 10 ms: DESIGN.md). Applies on transports with a timer (gRPC), not the in-process one.
+    # wait, and no batch waits once the writer's hint (set_commit_hint) says every open
+    # session already has its commit in (nothing more can join). Per Append both sides pay
+    # a fixed CPU cost (`boreal bench rpc`), so fuller batches leave more CPU to commit
+    # with; a longer wait costs latency (why 1.5 ms and 10 ms: DESIGN.md). Applies on
+    # transports with a timer (gRPC), not the in-process one.
     group_commit_delay_s: float = 0.010
     group_commit_siblings: int = 3
-    group_commit_delay_per_group_s: float = 0.0005
+    group_commit_delay_per_group_s: float = 0.0015
     max_pending_bytes: int = 64 * 1024 * 1024  # bytes of records not yet complete (back-pressure)
     max_node_backlog_bytes: int = 256 * 1024 * 1024  # beyond this, a dead node's complete records are left to gossip
     rpc_timeout_s: float = 2.0
@@ -310,6 +312,13 @@ class _Sender:
                 groups += r.consistency_point
             if groups < siblings:
                 return 0.0  # few commits overlap: not worth delaying them
+        hint = self.vol._more_commits_possible
+        if hint is not None:
+            try:
+                if not hint():
+                    return 0.0  # every session waits: nothing more can join the batch
+            except Exception:  # noqa: BLE001 - a broken hint must not stall commits
+                pass
         delay_s = cfg.group_commit_delay_s
         if cfg.group_commit_delay_per_group_s > 0:
             delay_s = min(delay_s, cfg.group_commit_delay_per_group_s * groups)
@@ -462,10 +471,12 @@ class Volume:
         self._page_last: dict[int, int] = {}
         self._page_last_cap = 1_000_000
         self._sizes: deque[tuple[int, int]] = deque()  # (lsn, bytes) not yet complete
+        self._undurable_commits: deque[int] = deque()  # commit LSNs of appended groups > VDL
         self._pending_bytes = 0
         self._waiters: list[tuple[int, int, cf.Future]] = []
         self._waiter_seq = itertools.count()
         self._vdl_listeners: list[Any] = []
+        self._more_commits_possible: Callable[[], bool] | None = None
         self._read_points: dict[int, int] = {}
         self._read_seq = itertools.count(1)
         self._senders: dict[str, _Sender] = {}
@@ -643,6 +654,7 @@ class Volume:
                     self._sender(addr).enqueue(rec)
                     touched.add(addr)
             commit_lsn = self._next_lsn - 1
+            self._undurable_commits.append(commit_lsn)
         self._m.commits.inc()
         self._m.records.inc(n)
         for addr in touched:
@@ -690,6 +702,21 @@ class Volume:
         cheaper than a durable_future per commit for a follower of every advance (the
         replicas' redo streams). fn must not block; an exception it raises is logged."""
         self._vdl_listeners.append(fn)
+
+    @property
+    def undurable_commits(self) -> int:
+        """Commit groups appended whose LSN the VDL has not reached yet (no lock: a
+        snapshot for a hint, not for correctness)."""
+        return len(self._undurable_commits)
+
+    def set_commit_hint(self, more_commits_possible: Callable[[], bool] | None) -> None:
+        """The writer's answer to "could a commit not yet appended still come?", asked
+        before each group commit delay. False (every open session already has its commit
+        appended and waits for it) means a delay would gather nothing, so the batch goes
+        at once. It is called under a sender's lock, on any thread: it must be cheap and
+        not block; if it raises, the delay applies as configured. None (the default):
+        the delay always applies as configured."""
+        self._more_commits_possible = more_commits_possible
 
     def _prune_pg_lsns(self, lsns: list[int]) -> None:
         floor = min(self._read_points.values()) if self._read_points else self._tracker.vdl
@@ -758,6 +785,8 @@ class Volume:
         self._vcl_cache, self._vdl_cache = t.vcl, t.vdl
         while self._sizes and self._sizes[0][0] <= t.vcl:
             self._pending_bytes -= self._sizes.popleft()[1]
+        while self._undurable_commits and self._undurable_commits[0] <= t.vdl:
+            self._undurable_commits.popleft()
         done = []
         while self._waiters and self._waiters[0][0] <= t.vdl:
             _lsn, _seq, fut = heapq.heappop(self._waiters)
@@ -771,6 +800,7 @@ class Volume:
                 return
             self._fenced = StaleEpoch(f"volume {self.volume_id} epoch {self._epoch} is fenced: {why}")
             waiters, self._waiters = self._waiters, []
+            self._undurable_commits.clear()  # they fail with the waiters: nobody waits for them
             self._cond.notify_all()
         self._log.warning("volume_fenced", epoch=self._epoch, vdl=self._vdl_cache, vcl=self._vcl_cache, why=why)
         for _lsn, _seq, fut in waiters:

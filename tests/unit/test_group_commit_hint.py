@@ -1,0 +1,65 @@
+"""The writer's group commit hint: a delay is skipped when every open session is already
+waiting for durability (no commit can join the batch), and applies otherwise."""
+
+from __future__ import annotations
+
+import pytest
+
+from borealdb.nodes import redo
+from borealdb.nodes.instance.engine import SqlEngine
+from borealdb.nodes.instance.vfs import VolumeDatabase
+from borealdb.nodes.volume import PageChange
+from borealdb.protos import storage_pb2 as pb
+from tests.unit.inprocess import PAGE
+
+
+def _delay_s(vol, groups: int) -> float:
+    """What a sender's group commit rule answers for a last batch of `groups` groups."""
+    sender = next(iter(vol._senders.values()))
+    with sender.lock:  # the ticker's pumps wait meanwhile; the state is put back below
+        saved = sender.queue, sender.last_send, sender.last_batch_groups, sender.inflight
+        try:
+            sender.queue = type(saved[0])([pb.RedoRecord(lsn=10**9, consistency_point=True)])
+            sender.inflight, sender.last_send, sender.last_batch_groups = 0, 1000.0, groups
+            return sender._group_commit_wait(1000.0)
+        finally:
+            sender.queue, sender.last_send, sender.last_batch_groups, sender.inflight = saved
+
+
+def test_the_delay_is_skipped_only_when_the_hint_says_no_commit_can_come(storage):
+    vol = storage.volume(group_commit_delay_s=0.020, group_commit_delay_per_group_s=0.001, group_commit_siblings=3)
+    for sender in vol._senders.values():
+        sender.has_timer = True  # the in-process transport has no timer; the rule is what is tested
+    assert _delay_s(vol, 8) == pytest.approx(0.008)  # no hint: delays as configured
+    vol.set_commit_hint(lambda: True)
+    assert _delay_s(vol, 8) == pytest.approx(0.008)
+    vol.set_commit_hint(lambda: False)
+    assert _delay_s(vol, 8) == 0.0
+    assert _delay_s(vol, 2) == 0.0  # too few siblings: never delayed, whatever the hint
+
+    def broken() -> bool:
+        raise RuntimeError("hint bug")
+
+    vol.set_commit_hint(broken)
+    assert _delay_s(vol, 8) == pytest.approx(0.008)  # a broken hint delays as configured, never stalls
+
+
+def test_the_writer_hint_counts_sessions_whose_commit_is_not_durable_yet(storage):
+    vol = storage.volume()
+    engine = SqlEngine(VolumeDatabase(vol, cache_capacity_bytes=4 << 20), node_id="i-test")
+    try:
+        engine.open_session("a")
+        assert vol.undurable_commits == 0 and engine.more_commits_possible()
+        for info in storage.infos:  # hold the next group's Appends so that it is not durable yet
+            storage.transport.set_delay(info.address, 0.5, ["Append"])
+        lsn = vol.append_group([PageChange(page=1, kind=redo.FULL_PAGE, payload=b"x" * PAGE)])
+        assert vol.vdl < lsn and vol.undurable_commits == 1
+        assert not engine.more_commits_possible()  # its only session waits: nothing can join
+        engine.open_session("b")
+        assert engine.more_commits_possible()  # another session could still commit
+        for info in storage.infos:
+            storage.transport.set_delay(info.address, 0)
+        assert vol.wait_durable(lsn, 5) >= lsn
+        assert vol.undurable_commits == 0
+    finally:
+        engine.close()
