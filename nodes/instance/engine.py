@@ -236,8 +236,9 @@ class SqlEngine:
     def more_commits_possible(self) -> bool:
         """The writer's group commit hint (Volume.set_commit_hint): whether some open
         session has no commit waiting to be durable, so could still commit into the
-        batch. A session waits for its commit before its next statement, so it has at
-        most one; a wrong answer only moves one batch's send time."""
+        batch. A session waits for its commit before its next statement, so it usually
+        has at most one (a commit that timed out, or whose client went away, stays
+        counted until durable); a wrong answer only moves one batch's send time."""
         return self.session_count() > self.volume.undurable_commits
 
     def _reap_loop(self) -> None:

@@ -59,6 +59,9 @@ def _delta_payload(rng: random.Random, payload_bytes: int, page_size: int) -> by
 def run_level(volume, *, concurrency: int, duration_s: float, records_per_commit: int, payload_bytes: int, pages: int) -> BenchResult:
     from borealdb.nodes.volume.volume import PageChange
 
+    # The clients are the writer's sessions here: the same group commit hint as a writer
+    # (each waits for its commit), so a closed loop sends its batch once all are in.
+    volume.set_commit_hint(lambda: concurrency > volume.undurable_commits)
     desc = volume.descriptor()
     vid = desc.volume_id
     page_size = desc.page_size

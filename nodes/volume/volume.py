@@ -236,6 +236,7 @@ class _Sender:
         self.last_send = 0.0
         self.last_batch_groups = 0     # commit groups (consistency points) in the last batch sent
         self.delay_armed = False       # a group-commit-delay timer will pump this sender
+        self.delay_gen = 0             # bumped per send: a timer armed before it is stale
         self.has_timer = callable(getattr(vol.transport, "call_later", None))
         self.rpcs = 0
         self.last_error = ""
@@ -290,7 +291,8 @@ class _Sender:
                 batches.append([])
             if batches:
                 self.last_send = now
-                self.delay_armed = False  # a timer still pending only pumps once more
+                self.delay_armed = False
+                self.delay_gen += 1  # a timer still pending is for a batch already sent: it does nothing
         if delay_s > 0:
             self._arm_delay(delay_s)
         for batch in batches:
@@ -312,13 +314,8 @@ class _Sender:
                 groups += r.consistency_point
             if groups < siblings:
                 return 0.0  # few commits overlap: not worth delaying them
-        hint = self.vol._more_commits_possible
-        if hint is not None:
-            try:
-                if not hint():
-                    return 0.0  # every session waits: nothing more can join the batch
-            except Exception:  # noqa: BLE001 - a broken hint must not stall commits
-                pass
+        if not self.vol._commits_may_come():
+            return 0.0  # every session waits: nothing more can join the batch
         delay_s = cfg.group_commit_delay_s
         if cfg.group_commit_delay_per_group_s > 0:
             delay_s = min(delay_s, cfg.group_commit_delay_per_group_s * groups)
@@ -326,15 +323,18 @@ class _Sender:
         return wait if wait >= 0.0002 else 0.0  # a shorter wait is not worth a timer
 
     def _arm_delay(self, delay_s: float) -> None:
+        gen = self.delay_gen
         try:
-            self.vol.transport.call_later(delay_s, self._delay_over)
+            self.vol.transport.call_later(delay_s, lambda: self._delay_over(gen))
         except Exception:  # noqa: BLE001 - the transport is closing: send now, as without a delay
             with self.lock:
                 self.delay_armed = False
             self.pump(no_delay=True)
 
-    def _delay_over(self) -> None:
+    def _delay_over(self, gen: int) -> None:
         with self.lock:
+            if gen != self.delay_gen:
+                return  # its batch went early (the writer's hint): the next batch has its own delay
             self.delay_armed = False
         self.pump(no_delay=True)  # the delay is what just ended
 
@@ -477,6 +477,7 @@ class Volume:
         self._waiter_seq = itertools.count()
         self._vdl_listeners: list[Any] = []
         self._more_commits_possible: Callable[[], bool] | None = None
+        self._hint_failed = False
         self._read_points: dict[int, int] = {}
         self._read_seq = itertools.count(1)
         self._senders: dict[str, _Sender] = {}
@@ -659,6 +660,13 @@ class Volume:
         self._m.records.inc(n)
         for addr in touched:
             self._senders[addr].pump()
+        if self._more_commits_possible is not None and len(self._senders) > len(touched):
+            # A sender this group did not touch may hold earlier commits for a delay that
+            # can now gather nothing; the VDL needs them too.
+            armed = [snd for addr, snd in list(self._senders.items()) if snd.delay_armed and addr not in touched]
+            if armed and not self._commits_may_come():
+                for snd in armed:
+                    snd.pump()
         return commit_lsn
 
     def durable_future(self, lsn: int) -> cf.Future:
@@ -703,6 +711,19 @@ class Volume:
         replicas' redo streams). fn must not block; an exception it raises is logged."""
         self._vdl_listeners.append(fn)
 
+    def _commits_may_come(self) -> bool:
+        """The commit hint's answer; True without a hint or if it raises (logged once)."""
+        hint = self._more_commits_possible
+        if hint is None:
+            return True
+        try:
+            return bool(hint())
+        except Exception as exc:  # noqa: BLE001 - a broken hint must not stall commits
+            if not self._hint_failed:
+                self._hint_failed = True
+                self._log.error("commit_hint_failed", error=repr(exc))
+            return True
+
     @property
     def undurable_commits(self) -> int:
         """Commit groups appended whose LSN the VDL has not reached yet (no lock: a
@@ -714,8 +735,8 @@ class Volume:
         before each group commit delay. False (every open session already has its commit
         appended and waits for it) means a delay would gather nothing, so the batch goes
         at once. It is called under a sender's lock, on any thread: it must be cheap and
-        not block; if it raises, the delay applies as configured. None (the default):
-        the delay always applies as configured."""
+        not block; if it raises, the delay applies as configured (logged once). None
+        (the default): the delay always applies as configured."""
         self._more_commits_possible = more_commits_possible
 
     def _prune_pg_lsns(self, lsns: list[int]) -> None:

@@ -33,9 +33,9 @@ def test_the_delay_is_skipped_only_when_the_hint_says_no_commit_can_come(storage
     assert _delay_s(vol, 8) == pytest.approx(0.008)  # no hint: delays as configured
     vol.set_commit_hint(lambda: True)
     assert _delay_s(vol, 8) == pytest.approx(0.008)
+    assert _delay_s(vol, 2) == 0.0  # too few siblings: never delayed, whatever the hint
     vol.set_commit_hint(lambda: False)
     assert _delay_s(vol, 8) == 0.0
-    assert _delay_s(vol, 2) == 0.0  # too few siblings: never delayed, whatever the hint
 
     def broken() -> bool:
         raise RuntimeError("hint bug")
@@ -63,3 +63,4 @@ def test_the_writer_hint_counts_sessions_whose_commit_is_not_durable_yet(storage
         assert vol.undurable_commits == 0
     finally:
         engine.close()
+

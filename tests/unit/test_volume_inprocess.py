@@ -515,6 +515,44 @@ def test_group_commit_delay_holds_overlapping_commits_for_one_batch(nodes):
         transport.close()
 
 
+def test_a_held_batch_goes_once_the_hint_says_nothing_more_can_come(nodes):
+    vol, transport = _timer_volume(nodes, group_commit_delay_s=1.0, group_commit_siblings=3,
+                                   group_commit_delay_per_group_s=0)
+    vol._tick_stop.set()  # only timers and commits pump: the test does not race the ticker
+    vol._ticker.join(5)
+    more = [True]
+    vol.set_commit_hint(lambda: more[0])
+    try:
+        rng, model = random.Random(5), {}
+        for info in nodes.infos:  # the first batch stays in flight while 3 more commits queue
+            transport.set_delay(info.address, 0.1, ["Append"])
+        first = write(vol, model, rng, [0])
+        held = write(vol, model, rng, [1], n_groups=3)
+        for info in nodes.infos:
+            transport.set_delay(info.address, 0)
+        assert vol.wait_durable(first, 5) >= first
+        senders = [vol._senders[i.address] for i in pg_nodes(vol, 0)]
+        wait_until(lambda: all(s.inflight == 0 and s.delay_armed for s in senders), 5, "the delay armed on every node")
+        assert vol.vdl < held
+        more[0] = False  # the last session commits: nothing more can join, so no timer is needed
+        last = write(vol, model, rng, [2])
+        assert vol.wait_durable(last, 5) >= last
+        wait_until(lambda: all(s.inflight == 0 for s in senders), 5, "every node answered")
+        stale, transport.timers = transport.timers, []
+        more[0] = True
+        after = write(vol, model, rng, [3])  # overlapping again: held by a new delay
+        assert all(s.delay_armed for s in senders) and vol.vdl < after
+        for _delay_s, fn in stale:  # the timers of the batch that went early must not send this one
+            fn()
+        assert all(s.delay_armed for s in senders) and vol.vdl < after
+        transport.fire_all()  # its own delay is over
+        assert vol.wait_durable(after, 5) >= after
+        check_reads(vol, model)
+    finally:
+        vol.close()
+        transport.close()
+
+
 def test_group_commit_delay_grows_with_the_overlap_up_to_its_cap(nodes):
     vol, transport = _timer_volume(nodes, group_commit_delay_s=0.020, group_commit_delay_per_group_s=0.0015,
                                    group_commit_siblings=3)
