@@ -30,6 +30,7 @@ import re
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -138,6 +139,43 @@ _PRAGMAS_WITH_ARGUMENTS = frozenset({
 })
 
 
+# A session counts as one that may still commit into a batch (the group commit hint) if it
+# ran a request this recently: an idle pooled connection must not hold every batch for
+# the full delay. Far above the gap between statements of a session that keeps working,
+# and above a slow commit's wait (a session still waiting must not age out while its
+# commit is counted as undurable, or the hint would stop waiting for the others).
+COMMIT_HINT_ACTIVE_S = 1.0
+
+
+class _RecentSessions:
+    """The sessions that ran a request in the last window_s, counted in O(1) amortized
+    (oldest first, so a count drops the stale ones from the front)."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._lock = threading.Lock()
+        self._last_s: OrderedDict[str, float] = OrderedDict()
+
+    def touch(self, session_id: str, now_s: float) -> None:
+        with self._lock:
+            self._last_s[session_id] = now_s
+            self._last_s.move_to_end(session_id)
+
+    def forget(self, session_id: str) -> None:
+        with self._lock:
+            self._last_s.pop(session_id, None)
+
+    def count(self, now_s: float) -> int:
+        with self._lock:
+            last = self._last_s
+            while last:
+                sid = next(iter(last))
+                if now_s - last[sid] <= self.window_s:
+                    break
+                del last[sid]
+            return len(last)
+
+
 class _NeedsWriter(Exception):
     """Raised by the exec tracer when a statement routed to a snapshot would write."""
 
@@ -187,6 +225,7 @@ class SqlEngine:
         self._write_owner: str | None = None     # session id holding the lock across statements
         self._sessions: dict[str, Session] = {}
         self._sessions_lock = threading.Lock()
+        self._recent = _RecentSessions(COMMIT_HINT_ACTIVE_S)
         self._ids = itertools.count(1)
         self.commits = 0
         self.fenced_reason: str | None = None
@@ -208,6 +247,7 @@ class SqlEngine:
             sid = f"{self.node_id}-{next(self._ids)}-{secrets.token_hex(8)}"
             session = Session(sid, client_name[:200], now, now)
             self._sessions[sid] = session
+        self._recent.touch(sid, now)
         _log.info("session_opened", session=sid, client=client_name[:200])
         return session
 
@@ -223,6 +263,7 @@ class SqlEngine:
             session = self._sessions.pop(session_id, None)
         if session is None:
             return
+        self._recent.forget(session_id)
         with session.busy:
             session.closed = True
             if session.in_transaction:
@@ -234,12 +275,13 @@ class SqlEngine:
             return len(self._sessions)
 
     def more_commits_possible(self) -> bool:
-        """The writer's group commit hint (Volume.set_commit_hint): whether some open
-        session has no commit waiting to be durable, so could still commit into the
-        batch. A session waits for its commit before its next statement, so it usually
-        has at most one (a commit that timed out, or whose client went away, stays
-        counted until durable); a wrong answer only moves one batch's send time."""
-        return self.session_count() > self.volume.undurable_commits
+        """The writer's group commit hint (Volume.set_commit_hint): whether some session
+        that ran a request in the last COMMIT_HINT_ACTIVE_S has no commit waiting to be
+        durable, so could still commit into the batch. A session waits for its commit
+        before its next statement, so it usually has at most one (a commit that timed
+        out, or whose client went away, stays counted until durable); a wrong answer
+        only moves one batch's send time."""
+        return self._recent.count(time.monotonic()) > self.volume.undurable_commits
 
     def _reap_loop(self) -> None:
         while not self._stop.wait(1.0):
@@ -267,11 +309,13 @@ class SqlEngine:
             raise SqlError("LOCK_TIMEOUT", "another request of this session is still running")
         try:
             session.last_used_s = time.monotonic()
+            self._recent.touch(session_id, session.last_used_s)
             session.deferred = deferred
             yield session
         finally:
             session.deferred = None
             session.last_used_s = time.monotonic()
+            self._recent.touch(session_id, session.last_used_s)
             session.busy.release()
 
     def runs_on_writer(self, session_id: str, sql: str) -> bool:

@@ -3,10 +3,12 @@ waiting for durability (no commit can join the batch), and applies otherwise."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from borealdb.nodes import redo
-from borealdb.nodes.instance.engine import SqlEngine
+from borealdb.nodes.instance.engine import COMMIT_HINT_ACTIVE_S, SqlEngine, _RecentSessions
 from borealdb.nodes.instance.vfs import VolumeDatabase
 from borealdb.nodes.volume import PageChange
 from borealdb.protos import storage_pb2 as pb
@@ -48,19 +50,40 @@ def test_the_writer_hint_counts_sessions_whose_commit_is_not_durable_yet(storage
     vol = storage.volume()
     engine = SqlEngine(VolumeDatabase(vol, cache_capacity_bytes=4 << 20), node_id="i-test")
     try:
-        engine.open_session("a")
+        first = engine.open_session("a")
         assert vol.undurable_commits == 0 and engine.more_commits_possible()
         for info in storage.infos:  # hold the next group's Appends so that it is not durable yet
             storage.transport.set_delay(info.address, 0.5, ["Append"])
-        lsn = vol.append_group([PageChange(page=1, kind=redo.FULL_PAGE, payload=b"x" * PAGE)])
+        lsn = vol.append_group([PageChange(page=1000, kind=redo.FULL_PAGE, payload=b"x" * PAGE)])
         assert vol.vdl < lsn and vol.undurable_commits == 1
         assert not engine.more_commits_possible()  # its only session waits: nothing can join
-        engine.open_session("b")
+        b = engine.open_session("b")
         assert engine.more_commits_possible()  # another session could still commit
+        engine._recent = _RecentSessions(COMMIT_HINT_ACTIVE_S)  # as if b had been idle for the window
+        engine._recent.touch(first.session_id, time.monotonic())
+        assert not engine.more_commits_possible()  # an idle session is not waited for
+        with engine._session_request(b.session_id, "SELECT 1", None):
+            pass  # a request (any statement) makes it one that may commit again
+        assert engine.more_commits_possible()
+        engine.close_session(b.session_id)
+        assert not engine.more_commits_possible()
         for info in storage.infos:
             storage.transport.set_delay(info.address, 0)
         assert vol.wait_durable(lsn, 5) >= lsn
-        assert vol.undurable_commits == 0
+        assert vol.undurable_commits == 0 and engine.more_commits_possible()
     finally:
         engine.close()
+
+
+def test_recent_sessions_count_only_the_window_and_forget_closed_ones():
+    recent = _RecentSessions(0.1)  # window_s
+    recent.touch("a", 10.0)
+    recent.touch("b", 10.05)
+    recent.touch("a", 10.12)  # a is the newest now
+    assert recent.count(10.12) == 2
+    assert recent.count(10.16) == 1  # b's last request was 0.11 s ago
+    recent.forget("a")
+    assert recent.count(10.16) == 0
+    recent.touch("c", 11.0)
+    assert recent.count(11.0) == 1
 
