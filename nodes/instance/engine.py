@@ -315,7 +315,6 @@ class SqlEngine:
         finally:
             session.deferred = None
             session.last_used_s = time.monotonic()
-            self._recent.touch(session_id, session.last_used_s)
             session.busy.release()
 
     def runs_on_writer(self, session_id: str, sql: str) -> bool:

@@ -92,7 +92,7 @@ class VolumeConfig:
     # group of the last batch, or of the queue if only it holds enough (the more commits
     # overlap, the more a wait gathers and the more CPU it saves), at most
     # group_commit_delay_s (0 disables; per group 0: always the maximum). Few clients never
-    # wait, and no batch waits once the writer's hint (set_commit_hint) says every open
+    # wait, and no batch waits once the writer's hint (set_commit_hint) says every active
     # session already has its commit in (nothing more can join). Per Append both sides pay
     # a fixed CPU cost (`boreal bench rpc`), so fuller batches leave more CPU to commit
     # with; a longer wait costs latency (why 1.5 ms and 10 ms: DESIGN.md). Applies on
@@ -732,9 +732,9 @@ class Volume:
 
     def set_commit_hint(self, more_commits_possible: Callable[[], bool] | None) -> None:
         """The writer's answer to "could a commit not yet appended still come?", asked
-        before each group commit delay. False (every open session already has its commit
-        appended and waits for it) means a delay would gather nothing, so the batch goes
-        at once. It is called under a sender's lock, on any thread: it must be cheap and
+        before each group commit delay. False (every session that may commit already has
+        its commit appended and waits for it) means a delay would gather nothing, so the
+        batch goes at once. It is called under a sender's lock, on any thread: it must be cheap and
         not block; if it raises, the delay applies as configured (logged once). None
         (the default): the delay always applies as configured."""
         self._more_commits_possible = more_commits_possible

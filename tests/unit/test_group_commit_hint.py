@@ -1,5 +1,5 @@
-"""The writer's group commit hint: a delay is skipped when every open session is already
-waiting for durability (no commit can join the batch), and applies otherwise."""
+"""The writer's group commit hint: a delay is skipped when every active session is
+already waiting for durability (no commit can join the batch), and applies otherwise."""
 
 from __future__ import annotations
 
