@@ -140,10 +140,11 @@ _PRAGMAS_WITH_ARGUMENTS = frozenset({
 
 
 # A session counts as one that may still commit into a batch (the group commit hint) if it
-# ran a request this recently: an idle pooled connection must not hold every batch for
+# started a request this recently: an idle pooled connection must not hold every batch for
 # the full delay. Far above the gap between statements of a session that keeps working,
-# and above a slow commit's wait (a session still waiting must not age out while its
-# commit is counted as undurable, or the hint would stop waiting for the others).
+# and above a commit's usual wait; a session whose statement or commit takes longer ages
+# out while its commit still counts as undurable, so a batch may go without waiting for
+# another session: that costs batching, never safety.
 COMMIT_HINT_ACTIVE_S = 1.0
 
 
@@ -263,9 +264,9 @@ class SqlEngine:
             session = self._sessions.pop(session_id, None)
         if session is None:
             return
-        self._recent.forget(session_id)
         with session.busy:
             session.closed = True
+            self._recent.forget(session_id)  # under busy: a request that got in first has touched it
             if session.in_transaction:
                 self._abort_transaction(session, "session closed")
         _log.info("session_closed", session=session_id)
@@ -309,7 +310,8 @@ class SqlEngine:
             raise SqlError("LOCK_TIMEOUT", "another request of this session is still running")
         try:
             session.last_used_s = time.monotonic()
-            self._recent.touch(session_id, session.last_used_s)
+            if not session.closed:  # closed meanwhile (reaped): forgotten, and must stay so
+                self._recent.touch(session_id, session.last_used_s)
             session.deferred = deferred
             yield session
         finally:

@@ -52,9 +52,9 @@ def test_the_writer_hint_counts_sessions_whose_commit_is_not_durable_yet(storage
     try:
         first = engine.open_session("a")
         assert vol.undurable_commits == 0 and engine.more_commits_possible()
-        for info in storage.infos:  # hold the next group's Appends so that it is not durable yet
-            storage.transport.set_delay(info.address, 0.5, ["Append"])
-        lsn = vol.append_group([PageChange(page=1000, kind=redo.FULL_PAGE, payload=b"x" * PAGE)])
+        for info in storage.infos:  # the next group cannot be durable until they are back
+            storage.transport.set_down(info.address)
+        lsn = vol.append_group([PageChange(page=63, kind=redo.FULL_PAGE, payload=b"x" * PAGE)])
         assert vol.vdl < lsn and vol.undurable_commits == 1
         assert not engine.more_commits_possible()  # its only session waits: nothing can join
         b = engine.open_session("b")
@@ -68,8 +68,8 @@ def test_the_writer_hint_counts_sessions_whose_commit_is_not_durable_yet(storage
         engine.close_session(b.session_id)
         assert not engine.more_commits_possible()
         for info in storage.infos:
-            storage.transport.set_delay(info.address, 0)
-        assert vol.wait_durable(lsn, 5) >= lsn
+            storage.transport.set_down(info.address, False)
+        assert vol.wait_durable(lsn, 30) >= lsn
         assert vol.undurable_commits == 0 and engine.more_commits_possible()
     finally:
         engine.close()

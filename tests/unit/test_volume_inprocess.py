@@ -553,6 +553,40 @@ def test_a_held_batch_goes_once_the_hint_says_nothing_more_can_come(nodes):
         transport.close()
 
 
+
+def test_the_hint_also_sends_batches_held_on_nodes_the_last_commit_did_not_touch(tmp_path):
+    wide = Nodes(str(tmp_path), per_az=4)  # 12 nodes: each PG on 6 of them
+    transport = TimerTransport(wide.engines)
+    vol = Volume.open(wide.config(group_commit_delay_s=1.0, group_commit_siblings=3, group_commit_delay_per_group_s=0),
+                      transport, create_if_missing=True)
+    vol._tick_stop.set()  # only timers and commits pump
+    vol._ticker.join(5)
+    more = [True]
+    vol.set_commit_hint(lambda: more[0])
+    try:
+        rng, model = random.Random(6), {}
+        assert vol.wait_durable(write(vol, model, rng, [0, 8]), 5)  # PGs 0 and 1 exist now
+        members = {pg: {n.address for n in pg_nodes(vol, pg)} for pg in (0, 1)}
+        assert len(members[0] & members[1]) < 4  # PG 1's commit alone cannot complete PG 0's held ones
+        held_pg, other_pg = 0, 1
+        for info in wide.infos:  # the first batch stays in flight while 3 more commits queue
+            transport.set_delay(info.address, 0.1, ["Append"])
+        first = write(vol, model, rng, [held_pg * 8])
+        held = write(vol, model, rng, [held_pg * 8 + 1], n_groups=3)
+        for info in wide.infos:
+            transport.set_delay(info.address, 0)
+        assert vol.wait_durable(first, 5) >= first
+        senders = [vol._senders[a] for a in members[held_pg]]
+        wait_until(lambda: all(s.inflight == 0 and s.delay_armed for s in senders), 5, "the delay armed on every node")
+        more[0] = False  # the last session commits, into the other PG: the held batch goes too
+        last = write(vol, model, rng, [other_pg * 8])
+        assert vol.wait_durable(last, 5) >= last >= held  # without a timer firing
+        check_reads(vol, model)
+    finally:
+        vol.close()
+        transport.close()
+        wide.close()
+
 def test_group_commit_delay_grows_with_the_overlap_up_to_its_cap(nodes):
     vol, transport = _timer_volume(nodes, group_commit_delay_s=0.020, group_commit_delay_per_group_s=0.0015,
                                    group_commit_siblings=3)
