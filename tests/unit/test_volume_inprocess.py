@@ -485,6 +485,22 @@ def test_group_commit_delay_never_delays_a_lone_client(nodes):
         transport.close()
 
 
+def _hold_three_groups(vol: Volume, transport, infos, model: dict, rng: random.Random, pages: list[int]):
+    """Commit one group, then 3 more while its batch is still in flight, so that the 3 wait
+    for the group commit delay on every node of their PG (pages[0]'s). Returns the last
+    LSN of the 3 and those nodes' senders."""
+    for info in infos:
+        transport.set_delay(info.address, 0.1, ["Append"])
+    first = write(vol, model, rng, [pages[0]])
+    held = write(vol, model, rng, [pages[1]], n_groups=3)
+    for info in infos:
+        transport.set_delay(info.address, 0)
+    assert vol.wait_durable(first, 5) >= first
+    senders = [vol._senders[i.address] for i in pg_nodes(vol, pages[0] // vol.config.pg_size_pages)]
+    wait_until(lambda: all(s.inflight == 0 and s.delay_armed for s in senders), 5, "the delay armed on every node")
+    return held, senders
+
+
 def test_group_commit_delay_holds_overlapping_commits_for_one_batch(nodes):
     vol, transport = _timer_volume(nodes, group_commit_delay_s=1.0, group_commit_siblings=3,
                                    group_commit_delay_per_group_s=0)
@@ -494,15 +510,7 @@ def test_group_commit_delay_holds_overlapping_commits_for_one_batch(nodes):
     vol._ticker.join(5)
     try:
         rng, model = random.Random(4), {}
-        for info in nodes.infos:  # the first batch stays in flight while 3 more commits queue
-            transport.set_delay(info.address, 0.1, ["Append"])
-        first = write(vol, model, rng, [0])
-        last = write(vol, model, rng, [1], n_groups=3)
-        for info in nodes.infos:
-            transport.set_delay(info.address, 0)
-        assert vol.wait_durable(first, 5) >= first
-        senders = [vol._senders[i.address] for i in pg_nodes(vol, 0)]
-        wait_until(lambda: all(s.inflight == 0 and s.delay_armed for s in senders), 5, "the delay armed on every node")
+        last, senders = _hold_three_groups(vol, transport, nodes.infos, model, rng, [0, 1])
         # 3 groups queued on each node: they wait for the delay's timer, not for an RPC
         assert all(len(s.queue) == 3 for s in senders) and vol.vdl < last
         assert len(transport.timers) == len(senders) and all(0 < d <= 1.0 for d, _ in transport.timers)
@@ -524,15 +532,7 @@ def test_a_held_batch_goes_once_the_hint_says_nothing_more_can_come(nodes):
     vol.set_commit_hint(lambda: more[0])
     try:
         rng, model = random.Random(5), {}
-        for info in nodes.infos:  # the first batch stays in flight while 3 more commits queue
-            transport.set_delay(info.address, 0.1, ["Append"])
-        first = write(vol, model, rng, [0])
-        held = write(vol, model, rng, [1], n_groups=3)
-        for info in nodes.infos:
-            transport.set_delay(info.address, 0)
-        assert vol.wait_durable(first, 5) >= first
-        senders = [vol._senders[i.address] for i in pg_nodes(vol, 0)]
-        wait_until(lambda: all(s.inflight == 0 and s.delay_armed for s in senders), 5, "the delay armed on every node")
+        held, senders = _hold_three_groups(vol, transport, nodes.infos, model, rng, [0, 1])
         assert vol.vdl < held
         more[0] = False  # the last session commits: nothing more can join, so no timer is needed
         last = write(vol, model, rng, [2])
@@ -568,18 +568,9 @@ def test_the_hint_also_sends_batches_held_on_nodes_the_last_commit_did_not_touch
         assert vol.wait_durable(write(vol, model, rng, [0, 8]), 5)  # PGs 0 and 1 exist now
         members = {pg: {n.address for n in pg_nodes(vol, pg)} for pg in (0, 1)}
         assert len(members[0] & members[1]) < 4  # PG 1's commit alone cannot complete PG 0's held ones
-        held_pg, other_pg = 0, 1
-        for info in wide.infos:  # the first batch stays in flight while 3 more commits queue
-            transport.set_delay(info.address, 0.1, ["Append"])
-        first = write(vol, model, rng, [held_pg * 8])
-        held = write(vol, model, rng, [held_pg * 8 + 1], n_groups=3)
-        for info in wide.infos:
-            transport.set_delay(info.address, 0)
-        assert vol.wait_durable(first, 5) >= first
-        senders = [vol._senders[a] for a in members[held_pg]]
-        wait_until(lambda: all(s.inflight == 0 and s.delay_armed for s in senders), 5, "the delay armed on every node")
-        more[0] = False  # the last session commits, into the other PG: the held batch goes too
-        last = write(vol, model, rng, [other_pg * 8])
+        held, _senders = _hold_three_groups(vol, transport, wide.infos, model, rng, [0, 1])  # in PG 0
+        more[0] = False  # the last session commits, into PG 1: the held batch goes too
+        last = write(vol, model, rng, [8])
         assert vol.wait_durable(last, 5) >= last >= held  # without a timer firing
         check_reads(vol, model)
     finally:
