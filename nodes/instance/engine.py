@@ -216,6 +216,8 @@ def _is_savepoint_rollback(sql: str) -> bool:
 
 
 class SqlEngine:
+    FEEDS_COMMIT_HINT = True  # a writer's engine (more_commits_possible); ReaderEngine: False
+
     def __init__(self, db: VolumeDatabase, *, node_id: str, options: InstanceOptions | None = None):
         self.db = db
         self.volume = db.volume
@@ -226,7 +228,8 @@ class SqlEngine:
         self._write_owner: str | None = None     # session id holding the lock across statements
         self._sessions: dict[str, Session] = {}
         self._sessions_lock = threading.Lock()
-        self._recent = _RecentSessions(COMMIT_HINT_ACTIVE_S)
+        # Only an engine that commits keeps the hint's bookkeeping (a replica's reads skip it).
+        self._recent = _RecentSessions(COMMIT_HINT_ACTIVE_S) if self.FEEDS_COMMIT_HINT else None
         self._ids = itertools.count(1)
         self.commits = 0
         self.fenced_reason: str | None = None
@@ -248,7 +251,8 @@ class SqlEngine:
             sid = f"{self.node_id}-{next(self._ids)}-{secrets.token_hex(8)}"
             session = Session(sid, client_name[:200], now, now)
             self._sessions[sid] = session
-        self._recent.touch(sid, now)
+        if self._recent is not None:
+            self._recent.touch(sid, now)
         _log.info("session_opened", session=sid, client=client_name[:200])
         return session
 
@@ -266,7 +270,8 @@ class SqlEngine:
             return
         with session.busy:
             session.closed = True
-            self._recent.forget(session_id)  # under busy: a request that got in first has touched it
+            if self._recent is not None:  # under busy: a request that got in first has touched it
+                self._recent.forget(session_id)
             if session.in_transaction:
                 self._abort_transaction(session, "session closed")
         _log.info("session_closed", session=session_id)
@@ -282,6 +287,8 @@ class SqlEngine:
         before its next statement, so it usually has at most one (a commit that timed
         out, or whose client went away, stays counted until durable); a wrong answer
         only moves one batch's send time."""
+        if self._recent is None:
+            return True  # no bookkeeping: the delay applies as configured
         return self._recent.count(time.monotonic()) > self.volume.undurable_commits
 
     def _reap_loop(self) -> None:
@@ -310,7 +317,7 @@ class SqlEngine:
             raise SqlError("LOCK_TIMEOUT", "another request of this session is still running")
         try:
             session.last_used_s = time.monotonic()
-            if not session.closed:  # closed meanwhile (reaped): forgotten, and must stay so
+            if self._recent is not None and not session.closed:  # closed meanwhile (reaped): stays forgotten
                 self._recent.touch(session_id, session.last_used_s)
             session.deferred = deferred
             yield session

@@ -707,6 +707,8 @@ class ReaderEngine(SqlEngine):
     Autocommit reads run at the current view; BEGIN pins one view for the whole
     transaction. Per session, reads never go to a lower LSN than before."""
 
+    FEEDS_COMMIT_HINT = False  # it never commits: its requests skip that bookkeeping
+
     def __init__(self, db: ReplicaDatabase, follower: ReplicaFollower | None, *, node_id: str,
                  options: InstanceOptions | None = None):
         self.follower = follower
